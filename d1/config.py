@@ -1,0 +1,146 @@
+"""Stage configs: one dataclass per stage, mapped 1:1 to a ``params.yaml`` section.
+
+``load_config(PrepareConfig, "params.yaml")`` reads the ``prepare`` section,
+rejects unknown keys and wrongly typed values with a message naming the key
+(``prepare.seed: expected int, got 'x'``), then runs the dataclass's own
+``validate()``. ``write_resolved`` writes the resolved config next to a
+stage's outputs so every artefact records exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from d1.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    """Coerce/validate ``value`` against annotation ``tp``; ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_check(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        val_tp = args[1] if len(args) == 2 else Any
+        return {str(k): _check(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[C], data: dict, where: str) -> C:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad types are ConfigErrors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"
+        )
+    kwargs = {k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def read_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[C], params_path: str | Path, section: str | None = None) -> C:
+    """The ``section`` (default: ``cls.SECTION``) of a params file as a validated ``cls``."""
+    section = section or getattr(cls, "SECTION")
+    params = read_params(params_path)
+    if section not in params:
+        raise ConfigError(f"{params_path}: no {section!r} section")
+    data = params[section] or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{params_path}: section {section!r} is not a mapping")
+    return from_dict(cls, data, section)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON (sorted keys, trailing newline) via a temp file + rename: never half written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_resolved(cfg: Any, out_dir: str | Path, name: str | None = None) -> Path:
+    """Write the resolved config of a stage as ``<out_dir>/<section>_config.json``."""
+    name = name or f"{getattr(cfg, 'SECTION', type(cfg).__name__.lower())}_config.json"
+    path = Path(out_dir) / name
+    write_json_atomic(path, to_dict(cfg))
+    return path

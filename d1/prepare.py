@@ -1,0 +1,158 @@
+"""The data-prep stage: write the train/test files every later stage reads.
+
+For each configured task it loads (or, for Countdown/Sudoku, generates) the
+training split and loads the test split, converts rows to task Examples and
+writes ``<out_dir>/<task>/{train,test}.jsonl`` plus ``<out_dir>/manifest.json``
+(counts, sources, sha256 of every file, seed) and the resolved config. The
+output depends only on the config and the inputs (no timestamps), so DVC sees
+identical hashes when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tqdm.auto import tqdm
+
+from d1.config import write_json_atomic, write_resolved
+from d1.data.io import read_records, sha256_file, write_jsonl
+from d1.errors import ConfigError, DataError
+from d1.tasks import available_tasks, get_task
+from d1.tasks.base import Example, Task
+
+BUILTIN = "builtin"
+GENERATE = "generate"
+
+
+@dataclass
+class TaskDataConfig:
+    """Where one task's splits come from.
+
+    train/test: ``builtin`` (the copy shipped in d1/data/benchmarks), ``generate``
+    (train only, Countdown/Sudoku), a local file, ``hf:...`` or ``s3://...``
+    (see d1.data.io.read_records); train may be null (evaluation-only task).
+    train_size: number of generated examples, or a cap on loaded rows (first N).
+    test_size: a cap on test rows (first N, as d1 evaluates 256 of 500 Sudoku puzzles).
+    generator: extra options for the task's generator (Countdown: num_numbers).
+    """
+
+    train: str | None = BUILTIN
+    test: str = BUILTIN
+    train_size: int | None = None
+    test_size: int | None = None
+    generator: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrepareConfig:
+    SECTION: ClassVar[str] = "prepare"
+
+    out_dir: str = "data"
+    seed: int = 42
+    tasks: dict[str, TaskDataConfig] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ConfigError("prepare.tasks: no task configured")
+        for name, tc in self.tasks.items():
+            where = f"prepare.tasks.{name}"
+            if name not in available_tasks():
+                raise ConfigError(f"{where}: unknown task {name!r}; available: {', '.join(available_tasks())}")
+            task = get_task(name)
+            for split in ("train", "test"):
+                src = getattr(tc, split)
+                if src == BUILTIN and split not in task.builtin_data:
+                    raise ConfigError(f"{where}.{split}: no builtin {split} data for {name}")
+            if tc.test == GENERATE:
+                raise ConfigError(f"{where}.test: test data cannot be generated")
+            if tc.train == GENERATE:
+                if not task.can_generate:
+                    raise ConfigError(f"{where}.train: task {name} cannot generate data")
+                if not tc.train_size:
+                    raise ConfigError(f"{where}.train_size: required with train: generate")
+            for key in ("train_size", "test_size"):
+                val = getattr(tc, key)
+                if val is not None and val <= 0:
+                    raise ConfigError(f"{where}.{key}: must be positive, got {val}")
+            if tc.generator and tc.train != GENERATE:
+                raise ConfigError(f"{where}.generator: only used with train: generate")
+
+
+def builtin_path(relative: str) -> Path:
+    return Path(str(resources.files("d1.data").joinpath("benchmarks", relative)))
+
+
+def _load_split(task: Task, source: str, split: str, limit: int | None) -> list[Example]:
+    if source == BUILTIN:
+        source = str(builtin_path(task.builtin_data[split]))
+    records = read_records(source)
+    if limit is not None:
+        records = records[:limit]
+    examples = []
+    for i, rec in enumerate(records):
+        try:
+            examples.append(task.example_from_record(rec))
+        except DataError as exc:
+            raise DataError(f"{source}: row {i}: {exc}") from None
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DataError(f"{source}: row {i} is not a {task.name} record ({exc!r})") from None
+    return examples
+
+
+def _task_seed(seed: int, name: str) -> int:
+    """Independent, stable per-task seed (no global RNG, order of tasks irrelevant)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big")
+
+
+def _build_splits(cfg: PrepareConfig, name: str) -> dict[str, tuple[list[Example], str]]:
+    """{split: (examples, source description)} for one task; nothing is written."""
+    tc = cfg.tasks[name]
+    task = get_task(name)
+    test = _load_split(task, tc.test, "test", tc.test_size)
+    splits: dict[str, tuple[list[Example], str]] = {"test": (test, tc.test)}
+    if tc.train == GENERATE:
+        train = task.generate(tc.train_size, seed=_task_seed(cfg.seed, name), exclude=test, **tc.generator)
+        splits["train"] = (train, f"generated(seed={cfg.seed}, {json.dumps(tc.generator, sort_keys=True)})")
+    elif tc.train is not None:
+        splits["train"] = (_load_split(task, tc.train, "train", tc.train_size), tc.train)
+    return splits
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run the data-prep stage; returns the manifest (also written to out_dir).
+
+    Every split is loaded or generated before anything is written, so a bad
+    source or record leaves the previous outputs untouched; each file is then
+    written atomically and the manifest last.
+    """
+    out = Path(cfg.out_dir)
+    built = {name: _build_splits(cfg, name) for name in tqdm(sorted(cfg.tasks), desc="prepare", unit="task")}
+    manifest: dict[str, Any] = {"seed": cfg.seed, "tasks": {}}
+    for name, splits in built.items():
+        entry: dict[str, Any] = {}
+        for split, (examples, source) in splits.items():
+            path = out / name / f"{split}.jsonl"
+            write_jsonl(path, (ex.to_record() for ex in examples))
+            entry[split] = {
+                "path": path.as_posix(),
+                "count": len(examples),
+                "source": source,
+                "sha256": sha256_file(path),
+            }
+        manifest["tasks"][name] = entry
+    write_resolved(cfg, out)
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def read_split(data_dir: str | Path, task_name: str, split: str) -> list[Example]:
+    """The Examples a previous ``prepare`` wrote for ``task_name``/``split``."""
+    path = Path(data_dir) / task_name / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (run `d1 prepare` first)")
+    return [Example.from_record(r) for r in read_records(str(path))]

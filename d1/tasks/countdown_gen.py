@@ -1,0 +1,297 @@
+"""Countdown puzzles: an exhaustive solver and a seeded generator of training data.
+
+A puzzle is a list of numbers and a target; a solution is an arithmetic
+expression with ``+ - * /`` that uses every number exactly once and equals the
+target.
+
+Solver. :func:`reachable` enumerates every value obtainable from the numbers by
+dynamic programming over subsets: the values of a subset are all ``x op y``
+with ``x`` from one part of a split of the subset and ``y`` from the other,
+which covers every binary expression tree. By default it follows the classic
+Countdown rules, so every intermediate value is a positive integer
+(subtraction only ``a - b`` with ``a > b``, division only when exact); with
+``integers_only=False`` any rational intermediate is allowed (division by zero
+never). The first expression found for a value is kept, with ``+``, ``-``,
+``*``, ``/`` tried in that order, so solutions prefer simple operations.
+
+Generator. :func:`generate_countdown` draws a target uniformly from 1..100,
+then ``num_numbers`` (3 or 4) numbers uniformly from 1..100 until the numbers
+reach the target under the classic rules (the target is kept meanwhile, so
+targets stay uniform; picking among the reachable values of random numbers
+instead would favour small targets 2-4x). These ranges match d1's data:
+Jiayi-Pan/Countdown-Tasks-3to4 (training) and the cd3 test set, whose numbers
+and targets all lie in 1..100, targets roughly uniform. Every puzzle is
+therefore solvable with positive integer intermediates; its worked solution
+(the SFT target) lists the steps and the expression, and is checked with
+:mod:`d1.tasks.arith` before it is kept.
+Puzzles are unique by (sorted numbers, target) and never equal a puzzle of the
+shipped cd3 test set or of ``exclude``. Only an explicit ``random.Random(seed)``
+is used: the same arguments give the same list.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+from importlib import resources
+from typing import Iterable, Union
+
+from d1.errors import ConfigError
+from d1.tasks.arith import evaluate
+from d1.tasks.base import Example
+
+NUMBER_RANGE = (1, 100)
+TARGET_RANGE = (1, 100)
+SUPPORTED_SIZES = (3, 4)
+TEST_SET = "countdown/cd3_test.jsonl"  # under d1/data/benchmarks
+
+# An expression tree: a leaf is the index of a number, a node is (op, left, right).
+Tree = Union[int, tuple]
+Value = Union[int, Fraction]
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+@dataclass(frozen=True)
+class CountdownSolution:
+    """A solution: ``expression`` uses each number once; ``steps`` are ``"a op b = c"`` lines."""
+
+    expression: str
+    steps: tuple[str, ...]
+    value: Value
+
+    def worked_solution(self) -> str:
+        """The SFT target in the d1 format (reasoning steps, then the bare expression)."""
+        return "<reasoning>\n" + "\n".join(self.steps) + "\n</reasoning>\n<answer>\n" + self.expression + "\n</answer>"
+
+
+def _results(va: Value, ta: Tree, vb: Value, tb: Tree, integers_only: bool):
+    """(value, tree) of every ``x op y`` with {x, y} = {a, b}, simplest operations first."""
+    yield va + vb, ("+", ta, tb)
+    if integers_only:
+        if va > vb:
+            yield va - vb, ("-", ta, tb)
+        elif vb > va:
+            yield vb - va, ("-", tb, ta)
+        yield va * vb, ("*", ta, tb)
+        if va % vb == 0:
+            yield va // vb, ("/", ta, tb)
+        if vb % va == 0:
+            yield vb // va, ("/", tb, ta)
+        return
+    yield va - vb, ("-", ta, tb)
+    yield vb - va, ("-", tb, ta)
+    yield va * vb, ("*", ta, tb)
+    if vb != 0:
+        yield va / vb, ("/", ta, tb)
+    if va != 0:
+        yield vb / va, ("/", tb, ta)
+
+
+def reachable(numbers: list[int], *, integers_only: bool = True) -> dict[Value, Tree]:
+    """Every value reachable using each number exactly once -> one expression tree for it.
+
+    With ``integers_only`` the numbers must be positive integers and every
+    intermediate value is a positive integer; otherwise values are Fractions.
+    """
+    numbers = list(numbers)
+    if not numbers:
+        return {}
+    if integers_only and not all(isinstance(x, int) and x >= 1 for x in numbers):
+        raise ValueError("integers_only needs positive integer numbers")
+    table: dict[int, dict[Value, Tree]] = {}
+    for i, x in enumerate(numbers):
+        table[1 << i] = {x if integers_only else Fraction(x): i}
+    full = (1 << len(numbers)) - 1
+    # Any proper submask is numerically smaller, so increasing order fills parts first.
+    for mask in range(1, full + 1):
+        if mask & (mask - 1) == 0:
+            continue  # single number, done above
+        out: dict[Value, Tree] = {}
+        sub = (mask - 1) & mask
+        while sub:
+            other = mask ^ sub
+            if sub < other:  # each unordered split once
+                for va, ta in table[sub].items():
+                    for vb, tb in table[other].items():
+                        for value, tree in _results(va, ta, vb, tb, integers_only):
+                            out.setdefault(value, tree)
+            sub = (sub - 1) & mask
+        table[mask] = out
+    return table[full]
+
+
+def _integer_values(numbers: list[int]) -> set[int]:
+    """The values :func:`reachable` finds under the classic rules, without expression
+    trees: a few times faster, for the generator's many rejected draws."""
+    table = {1 << i: {x} for i, x in enumerate(numbers)}
+    full = (1 << len(numbers)) - 1
+    for mask in range(3, full + 1):
+        if mask & (mask - 1) == 0:
+            continue
+        out: set[int] = set()
+        sub = (mask - 1) & mask
+        while sub:
+            if sub < mask ^ sub:
+                for a in table[sub]:
+                    for b in table[mask ^ sub]:
+                        out.update((a + b, a * b, abs(a - b)))  # a - b = 0 is dropped below
+                        if a % b == 0:
+                            out.add(a // b)
+                        if b % a == 0:
+                            out.add(b // a)
+            sub = (sub - 1) & mask
+        out.discard(0)
+        table[mask] = out
+    return table[full]
+
+
+def _pair_values(a: int, b: int) -> set[int]:
+    out = {a + b, a * b}
+    if a != b:
+        out.add(abs(a - b))
+    if a % b == 0:
+        out.add(a // b)
+    if b % a == 0:
+        out.add(b // a)
+    return out
+
+
+def _operands_for(target: int, z: int) -> set[int]:
+    """Every v with ``v op z == target`` or ``z op v == target`` (non-positive ones never match)."""
+    out = {target - z, z - target, target + z, target * z}
+    if target % z == 0:
+        out.add(target // z)
+    if z % target == 0:
+        out.add(z // target)
+    return out
+
+
+def _reaches(numbers: list[int], target: int) -> bool:
+    """``target in reachable(numbers)``, answered faster: three numbers reach the target
+    iff some pair's values meet the operands the third number needs to make it."""
+    if len(numbers) != 3:
+        return target in _integer_values(numbers)
+    a, b, c = numbers
+    return bool(
+        _pair_values(a, b) & _operands_for(target, c)
+        or _pair_values(a, c) & _operands_for(target, b)
+        or _pair_values(b, c) & _operands_for(target, a)
+    )
+
+
+def _render(tree: Tree, numbers: list[int]) -> str:
+    """Infix text with only the parentheses precedence and associativity require."""
+    if isinstance(tree, int):
+        return str(numbers[tree])
+    op, left, right = tree
+    left_s, right_s = _render(left, numbers), _render(right, numbers)
+    if not isinstance(left, int) and _PRECEDENCE[left[0]] < _PRECEDENCE[op]:
+        left_s = f"({left_s})"
+    if not isinstance(right, int) and (
+        _PRECEDENCE[right[0]] < _PRECEDENCE[op] or (_PRECEDENCE[right[0]] == _PRECEDENCE[op] and op in "-/")
+    ):
+        right_s = f"({right_s})"
+    return f"{left_s} {op} {right_s}"
+
+
+def _steps(tree: Tree, numbers: list[int], out: list[str]) -> Fraction:
+    """Append the ``a op b = c`` lines of ``tree`` in evaluation order; return its value."""
+    if isinstance(tree, int):
+        return Fraction(numbers[tree])
+    op, left, right = tree
+    a, b = _steps(left, numbers, out), _steps(right, numbers, out)
+    c = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+    out.append(f"{a} {op} {b} = {c}")
+    return c
+
+
+def _solution(tree: Tree, numbers: list[int]) -> CountdownSolution:
+    steps: list[str] = []
+    value = _steps(tree, numbers, steps)
+    value = int(value) if value.denominator == 1 else value
+    return CountdownSolution(_render(tree, numbers), tuple(steps), value)
+
+
+def solve_countdown(numbers: list[int], target: int, *, integers_only: bool = True) -> CountdownSolution | None:
+    """A solution using each number exactly once, or None if there is none (see module doc)."""
+    table = reachable(numbers, integers_only=integers_only)
+    tree = table.get(target if integers_only else Fraction(target))
+    return None if tree is None else _solution(tree, list(numbers))
+
+
+def is_valid_solution(numbers: list[int], target: int, expression: str) -> bool:
+    """True when ``expression`` evaluates exactly to ``target`` and its numbers are
+    exactly ``numbers`` (as a multiset). Independent of the solver (uses arith)."""
+    used = [int(t) for t in re.findall(r"[0-9]+", expression)]
+    if Counter(used) != Counter(numbers):
+        return False
+    try:
+        return evaluate(expression) == target
+    except ValueError:
+        return False
+
+
+def puzzle_key(numbers: Iterable[int], target: int) -> tuple:
+    """Identity of a puzzle: the order of the numbers does not matter."""
+    return (tuple(sorted(int(x) for x in numbers)), int(target))
+
+
+def _example_key(example: Example) -> tuple:
+    numbers, target = example.ground_truth
+    return puzzle_key(numbers, target)
+
+
+def shipped_test_keys() -> set[tuple]:
+    """Keys of the d1 cd3 test puzzles shipped in d1/data/benchmarks."""
+    path = resources.files("d1.data").joinpath("benchmarks", TEST_SET)
+    keys = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            keys.add(puzzle_key((int(x) for x in row["input"].split(",")), int(row["output"])))
+    return keys
+
+
+def countdown_example(numbers: list[int], target: int, solution: str | None = None) -> Example:
+    """An Example in the shape d1's eval files store (question and ``[[numbers], target]``)."""
+    numbers = [int(x) for x in numbers]
+    target = int(target)
+    return Example(question=f"Numbers: {numbers}\nTarget: {target}", ground_truth=[numbers, target], solution=solution)
+
+
+def generate_countdown(
+    n: int, *, seed: int, num_numbers: int = 3, exclude: Iterable[Example] = ()
+) -> list[Example]:
+    """``n`` distinct solvable puzzles with worked solutions (see the module doc).
+
+    Deterministic in (n, seed, num_numbers, exclude). Raises ConfigError for a
+    bad parameter, or when no new puzzle turns up after many draws.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ConfigError(f"countdown generator: n must be a non-negative integer, got {n!r}")
+    if num_numbers not in SUPPORTED_SIZES:
+        raise ConfigError(f"countdown generator: num_numbers must be one of {SUPPORTED_SIZES}, got {num_numbers!r}")
+    rng = random.Random(seed)
+    seen = shipped_test_keys() | {_example_key(ex) for ex in exclude}
+    out: list[Example] = []
+    draws, max_draws = 0, 1000 + 100 * n
+    target = None
+    while len(out) < n:
+        draws += 1
+        if draws > max_draws:
+            raise ConfigError(f"countdown generator: could not find {n} distinct puzzles")
+        target = rng.randint(*TARGET_RANGE) if target is None else target
+        numbers = [rng.randint(*NUMBER_RANGE) for _ in range(num_numbers)]
+        if not _reaches(numbers, target) or puzzle_key(numbers, target) in seen:
+            continue
+        solution = _solution(reachable(numbers)[target], numbers)
+        if not is_valid_solution(numbers, target, solution.expression):  # guards the solver itself
+            raise AssertionError(f"solver produced a wrong solution for {numbers} -> {target}")
+        seen.add(puzzle_key(numbers, target))
+        out.append(countdown_example(numbers, target, solution.worked_solution()))
+        target = None
+    return out

@@ -1,0 +1,182 @@
+"""Countdown solver and generator: solvable, verified, distinct, unseen, deterministic."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from d1.errors import ConfigError
+from d1.tasks import get_task
+from d1.tasks.arith import evaluate
+from d1.tasks.countdown_gen import (
+    _render,
+    _steps,
+    generate_countdown,
+    is_valid_solution,
+    puzzle_key,
+    reachable,
+    shipped_test_keys,
+    solve_countdown,
+)
+
+TASK = get_task("countdown")
+
+
+def _serialised(examples) -> bytes:
+    return "\n".join(json.dumps(e.to_record(), sort_keys=True) for e in examples).encode()
+
+
+def _check_steps(steps, target):
+    """Every step is "a op b = c" with positive integer a, b, c that is arithmetically right."""
+    last = None
+    for line in steps:
+        lhs, c = line.split(" = ")
+        a, op, b = lhs.split(" ")
+        a, b, c = int(a), int(b), int(c)
+        assert min(a, b, c) >= 1
+        assert evaluate(f"{a} {op} {b}") == c
+        last = c
+    assert last == target
+
+
+# --- solver -----------------------------------------------------------------------------
+
+def test_reachable_values():
+    assert set(reachable([2, 3])) == {5, 1, 6}  # 3/2 is no integer, 2-3 not positive
+    assert set(reachable([2, 3], integers_only=False)) == {5, 1, -1, 6, Fraction(2, 3), Fraction(3, 2)}
+    assert set(reachable([4, 4])) == {8, 16, 1}  # 4-4 = 0 is not a positive intermediate
+    assert reachable([]) == {}
+    with pytest.raises(ValueError):
+        reachable([0, 3])
+
+
+def test_solve_known_puzzles():
+    sol = solve_countdown([49, 55, 53], 51)
+    assert sol is not None and sol.value == 51
+    assert is_valid_solution([49, 55, 53], 51, sol.expression)
+    _check_steps(sol.steps, 51)
+    assert sol.worked_solution() == (
+        "<reasoning>\n" + "\n".join(sol.steps) + "\n</reasoning>\n<answer>\n" + sol.expression + "\n</answer>"
+    )
+    # 3 3 8 8 -> 24 needs a fraction: 8 / (3 - 8 / 3)
+    assert solve_countdown([3, 3, 8, 8], 24) is None
+    frac = solve_countdown([3, 3, 8, 8], 24, integers_only=False)
+    assert frac is not None and evaluate(frac.expression) == 24
+    assert solve_countdown([1, 1, 1], 50) is None
+
+
+@pytest.mark.parametrize(
+    "tree, text",
+    [
+        (("-", 0, ("-", 1, 2)), "12 - (4 - 2)"),
+        (("-", ("-", 0, 1), 2), "12 - 4 - 2"),
+        (("+", 0, ("-", 1, 2)), "12 + 4 - 2"),
+        (("*", ("+", 0, 1), 2), "(12 + 4) * 2"),
+        (("+", 0, ("*", 1, 2)), "12 + 4 * 2"),
+        (("/", 0, ("*", 1, 2)), "12 / (4 * 2)"),
+        (("/", 0, ("/", 1, 2)), "12 / (4 / 2)"),
+        (("*", 0, ("/", 1, 2)), "12 * 4 / 2"),
+        (("-", ("*", 0, 1), ("+", 2, 2)), "12 * 4 - (2 + 2)"),
+    ],
+)
+def test_parentheses_only_where_needed(tree, text):
+    numbers = [12, 4, 2]
+    assert _render(tree, numbers) == text
+    steps: list[str] = []
+    assert evaluate(text) == _steps(tree, numbers, steps)  # rendering keeps the value
+
+
+def test_is_valid_solution():
+    assert is_valid_solution([2, 3, 4], 5, "2*4-3")
+    assert not is_valid_solution([2, 3, 4], 5, "2*4-3+0")  # extra number
+    assert not is_valid_solution([2, 3, 4], 5, "4+1")
+    assert not is_valid_solution([2, 3, 4], 5, "2**4-3")  # unsupported operator
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 100), min_size=3, max_size=4), st.randoms(use_true_random=False))
+def test_every_reachable_target_has_a_valid_derivation(numbers, rnd):
+    table = reachable(numbers)
+    for target in rnd.sample(sorted(table), min(10, len(table))):
+        sol = solve_countdown(numbers, target)
+        assert sol is not None and is_valid_solution(numbers, target, sol.expression)
+        _check_steps(sol.steps, target)
+        assert len(sol.steps) == len(numbers) - 1
+
+
+# --- generator --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ten_thousand():
+    return generate_countdown(10_000, seed=1234)
+
+
+def test_ten_thousand_are_verified_distinct_and_unseen(ten_thousand):
+    test_keys = shipped_test_keys()
+    assert len(test_keys) == 256
+    keys = set()
+    for ex in ten_thousand:
+        numbers, target = ex.ground_truth
+        assert len(numbers) == 3 and all(1 <= x <= 100 for x in numbers) and 1 <= target <= 100
+        assert ex.question == f"Numbers: {numbers}\nTarget: {target}"
+        expression = ex.solution.split("<answer>\n")[1].split("\n</answer>")[0]
+        assert is_valid_solution(numbers, target, expression)
+        keys.add(puzzle_key(numbers, target))
+    assert len(keys) == 10_000 and not keys & test_keys
+
+
+def test_worked_solutions_earn_full_reward(ten_thousand):
+    for ex in ten_thousand[:300]:
+        assert TASK.reward(ex.solution, ex).total == 1.0
+        assert ex.solution.startswith("<reasoning>\n") and ex.solution.count("\n") <= 8
+
+
+def test_targets_spread_over_the_range(ten_thousand):
+    targets = Counter(ex.ground_truth[1] for ex in ten_thousand)
+    assert len(targets) == 100  # every target 1..100 occurs
+    assert max(targets.values()) < 2 * min(targets.values())  # uniform: ~100 each
+
+
+def test_four_numbers():
+    out = generate_countdown(300, seed=5, num_numbers=4)
+    for ex in out:
+        numbers, target = ex.ground_truth
+        expression = ex.solution.split("<answer>\n")[1].split("\n</answer>")[0]
+        assert len(numbers) == 4 and is_valid_solution(numbers, target, expression)
+
+
+def test_deterministic_in_the_seed():
+    a, b, c = (generate_countdown(300, seed=s) for s in (7, 7, 8))
+    assert _serialised(a) == _serialised(b)
+    assert _serialised(a) != _serialised(c)
+    assert _serialised(generate_countdown(100, seed=7)) == _serialised(a[:100])  # prefix-stable
+
+
+def test_does_not_touch_global_random_state():
+    random.seed(0)
+    expected = random.random()
+    random.seed(0)
+    generate_countdown(50, seed=3)
+    assert random.random() == expected
+
+
+def test_exclude():
+    first = generate_countdown(200, seed=9)
+    again = generate_countdown(200, seed=9, exclude=first)
+    assert not {puzzle_key(*e.ground_truth) for e in first} & {puzzle_key(*e.ground_truth) for e in again}
+
+
+@pytest.mark.parametrize("kwargs", [{"n": -1}, {"n": 1.5}, {"n": 3, "num_numbers": 2}, {"n": 3, "num_numbers": 5}])
+def test_bad_parameters(kwargs):
+    n = kwargs.pop("n")
+    with pytest.raises(ConfigError):
+        generate_countdown(n, seed=0, **kwargs)
+
+
+def test_zero():
+    assert generate_countdown(0, seed=0) == []
