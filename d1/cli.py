@@ -63,16 +63,75 @@ def _cmd_reward(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from d1.config import load_config
-    from d1.prepare import PrepareConfig, prepare
+# Pipeline stages: (config class, runner, summary, description). Imports are lazy:
+# torch and transformers are only loaded by the stages that need them.
+STAGES = {
+    "prepare": (
+        "d1.prepare:PrepareConfig", "d1.prepare:prepare",
+        "write the train/test files of every task and a manifest",
+        "Data-prep stage: load the benchmark test sets (shipped with the package, or from a local file, "
+        "hf:NAME or s3:// URI), load or generate the training sets, and write OUT_DIR/<task>/{train,test}.jsonl, "
+        "OUT_DIR/manifest.json (counts, sources, sha256, seed) and OUT_DIR/prepare_config.json.",
+    ),
+    "pretrain": (
+        "d1.train.configs:PretrainConfig", "d1.train.pretrain:run_pretrain",
+        "train the tokenizer and pre-train the built-in tiny LLaDA (tiny profile)",
+        "Tiny profile only: train a tokenizer on the prepared task corpora and pre-train the built-in tiny "
+        "LLaDA model from scratch with the masked-diffusion objective; writes a full model folder usable as "
+        "the SFT base.",
+    ),
+    "sft": (
+        "d1.train.configs:SFTConfig", "d1.train.sft:run_sft",
+        "masked SFT on worked solutions (LoRA or full), then merge",
+        "Masked SFT (d1): the prompt is never masked, each response token is masked with probability t ~ U(eps, 1), "
+        "the loss is CE/t over masked tokens divided by the response tokens; EOS padding is learned. Writes the "
+        "adapter or model, checkpoints, dvclive metrics and, if configured, the adapter merged into its base.",
+    ),
+    "grpo": (
+        "d1.train.configs:GRPOConfig", "d1.train.grpo:run_grpo",
+        "diffu-GRPO reinforcement learning with the task's rewards",
+        "diffu-GRPO (d1): G rollouts per prompt with the shared sampler, rewards from the task registry, "
+        "group advantages, mu inner iterations with the one-step masked log-prob estimator, PPO clip and k3 KL "
+        "against the adapter-disabled reference. Writes the adapter or model, checkpoints and dvclive metrics.",
+    ),
+    "eval": (
+        "d1.eval:EvalConfig", "d1.eval:run_eval",
+        "generate on the test sets at several lengths and score",
+        "Evaluation stage: generate on each task's test set at each generation length with the shared sampler "
+        "(d1 protocol: greedy, block 32, steps = length/2), write d1-format generations files (re-scorable "
+        "with `d1 score`) and metrics.json.",
+    ),
+}
 
-    cfg = load_config(PrepareConfig, args.params)
-    if args.out_dir:
-        cfg.out_dir = args.out_dir
-    manifest = prepare(cfg)
-    summary = {name: {s: v["count"] for s, v in splits.items()} for name, splits in manifest["tasks"].items()}
-    print(json.dumps({"out_dir": cfg.out_dir, "counts": summary}))
+
+def _load(ref: str):
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from d1.config import load_config
+
+    config_ref, runner_ref, _, _ = STAGES[args.command]
+    cls = _load(config_ref)
+    cfg = load_config(cls, args.params, section=args.section, overrides=args.set)
+    runner = _load(runner_ref)
+    kwargs = {"resume": True} if getattr(args, "resume", False) else {}
+    result = runner(cfg, **kwargs)
+    if args.command == "prepare":
+        result = {"out_dir": cfg.out_dir,
+                  "counts": {t: {s: v["count"] for s, v in e.items()} for t, e in result["tasks"].items()}}
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from d1.models.lora import merge_adapter
+
+    out = merge_adapter(args.base, args.adapter, args.out)
+    print(json.dumps({"merged": str(out)}))
     return 0
 
 
@@ -85,17 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    for name, (_, _, summary, description) in STAGES.items():
+        p = sub.add_parser(name, help=summary, description=description + " Settings come from the "
+                           f"`{name}` section of the params file (see params.yaml).")
+        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+        p.add_argument("--section", help=f"params section to read (default: {name})")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override a param, e.g. --set {name}.seed=1 (repeatable; value parsed as YAML)")
+        if name in ("pretrain", "sft", "grpo"):
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+        p.set_defaults(func=_cmd_stage)
+
     p = sub.add_parser(
-        "prepare",
-        help="write the train/test files of every task and a manifest",
-        description="Data-prep stage: load the benchmark test sets (shipped with the package, or from a "
-        "local file, hf:NAME or s3:// URI), load or generate the training sets, and write "
-        "OUT_DIR/<task>/{train,test}.jsonl, OUT_DIR/manifest.json (counts, sources, sha256, seed) "
-        "and OUT_DIR/prepare_config.json. Settings come from the `prepare` section of the params file.",
+        "merge",
+        help="merge a LoRA adapter into its base model and save a standalone model",
+        description="Merge the LoRA adapter in ADAPTER into the base model BASE and save the standalone "
+        "model (and the tokenizer, if present) to OUT.",
     )
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("--out-dir", help="override prepare.out_dir")
-    p.set_defaults(func=_cmd_prepare)
+    p.add_argument("base", metavar="BASE", help="base model folder or Hub id")
+    p.add_argument("adapter", metavar="ADAPTER", help="LoRA adapter folder")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser(
         "score",

@@ -107,10 +107,38 @@ def read_params(path: str | Path) -> dict:
     return data
 
 
-def load_config(cls: type[C], params_path: str | Path, section: str | None = None) -> C:
-    """The ``section`` (default: ``cls.SECTION``) of a params file as a validated ``cls``."""
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a params dict, in place.
+
+    ``sft.lr=1e-4``, ``eval.tasks=[countdown]``, ``prepare.tasks.sudoku.train_size=500``.
+    Intermediate mappings are created when missing; a non-mapping on the way is an error.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        node = params
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return params
+
+
+def load_config(
+    cls: type[C], params_path: str | Path, section: str | None = None, overrides: list[str] | None = None
+) -> C:
+    """The ``section`` (default: ``cls.SECTION``) of a params file as a validated ``cls``,
+    after applying ``overrides`` (see apply_overrides)."""
     section = section or getattr(cls, "SECTION")
-    params = read_params(params_path)
+    params = apply_overrides(read_params(params_path), list(overrides or []))
     if section not in params:
         raise ConfigError(f"{params_path}: no {section!r} section")
     data = params[section] or {}

@@ -11,7 +11,7 @@ import pytest
 
 from d1.cli import build_parser, main
 
-COMMANDS = ["prepare", "score", "score-dir", "reward"]
+COMMANDS = ["prepare", "pretrain", "sft", "grpo", "eval", "merge", "score", "score-dir", "reward"]
 
 
 def run_main(capsys, *argv):

@@ -73,3 +73,16 @@ def test_params_file_errors(tmp_path):
     bad.write_text("other: {}\n")
     with pytest.raises(ConfigError, match="no 'demo' section"):
         load_config(Demo, bad)
+
+
+def test_overrides(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("demo:\n  steps: 3\n")
+    cfg = load_config(Demo, params, overrides=["demo.steps=5", "demo.inner.a.names=[x, y]", "demo.flag=true"])
+    assert (cfg.steps, cfg.flag, cfg.inner["a"].names) == (5, True, ["x", "y"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(Demo, params, overrides=["demo.steps"])
+    with pytest.raises(ConfigError, match="demo.steps is not a mapping"):
+        load_config(Demo, params, overrides=["demo.steps.x=1"])
+    with pytest.raises(ConfigError, match="demo: unknown key 'stepz'"):
+        load_config(Demo, params, overrides=["demo.stepz=1"])

@@ -130,3 +130,7 @@ def test_cli_prepare(tmp_path, capsys):
     assert main(["prepare", "--params", str(params)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["counts"] == {"countdown": {"train": 30, "test": 256}}
+    # --set overrides a param without editing the file
+    assert main(["prepare", "--params", str(params), "--set", "prepare.tasks.countdown.train_size=12"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["counts"] == {"countdown": {"train": 12, "test": 256}}

@@ -1,0 +1,305 @@
+"""diffu-GRPO math: group advantages, EOS truncation, the one-step log-prob estimator, the loss.
+
+d1 (``diffu-grpo/diffu_grpo_trainer.py``) adapts GRPO to masked diffusion LMs:
+the per-token log-likelihood ``log pi(o_k | q)`` is estimated with ONE forward
+pass in which every completion token is masked and each prompt token is masked
+independently with probability ``p_mask_prompt``; the log-softmax at completion
+position ``k`` is taken at the true token ``o_k``. Over the ``mu`` inner
+iterations on the same rollouts, iteration ``j`` uses one mask seed ``s_j``
+shared by the old, reference and current policy, so the ratio and the KL compare
+the same estimator.
+
+Randomness and mask sharing: draw the seeds with :func:`draw_mask_seeds` from
+the trainer's generator; in iteration ``j`` build a FRESH generator with
+:func:`mask_generator` (a generator is consumed when used, so reusing one
+object for the three policies would give three different masks). The simplest
+correct pattern, which also makes micro-batching irrelevant, is to mask the
+whole rollout batch once per iteration::
+
+    noisy_j = mask_prompt_for_logp(ids, prompt_mask, mask_id, p, generator=mask_generator(seeds[j]),
+                                   attention_mask=attn)
+    # old / ref / current policy, any micro-batch slice mb:
+    logp = per_token_logps(model, ids[mb], prompt_mask[mb], mask_id=mask_id, p_mask_prompt=p,
+                           noisy_ids=noisy_j[mb], attention_mask=attn[mb])
+
+The reference reseeded every global RNG with ``s_j`` before masking each
+micro-batch (``set_seed``), so every micro-batch got the same draws; the
+distribution of masks is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from d1.errors import ConfigError
+from d1.generation.sampler import as_logits
+
+# ---------------------------------------------------------------- rewards -> advantages
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, *, scale_by_std: bool = False, eps: float = 1e-4
+) -> torch.Tensor:
+    """``A_i = r_i - mean(r of its group)``, optionally divided by ``(std + eps)``.
+
+    rewards: [N], groups are consecutive runs of ``group_size`` completions of the
+    same prompt (TRL's ``repeat_interleave`` layout). d1 does not scale by the
+    std (``scale_by_std=False``, the default); GRPO / TRL do, with the unbiased
+    (Bessel-corrected, ``torch.std``) group std and ``eps = 1e-4``, which is what
+    ``scale_by_std=True`` computes. Returns [N] float.
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ConfigError(f"group_advantages: group_size must be a positive integer, got {group_size!r}")
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ConfigError(
+            f"group_advantages: rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}"
+        )
+    if scale_by_std and group_size < 2:
+        raise ConfigError("group_advantages: scale_by_std needs group_size >= 2 (the std of one sample is undefined)")
+    grouped = rewards.view(-1, group_size)
+    if not grouped.is_floating_point():
+        grouped = grouped.float()
+    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)
+    return advantages.reshape(-1)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int | Sequence[int]) -> torch.Tensor:
+    """Tokens up to and INCLUDING the first EOS: [B, T] bool.
+
+    The TRL/d1 convention: the first EOS is kept (the policy is credited for
+    stopping), everything after it is excluded; a row without EOS keeps all
+    tokens. ``eos_id`` may be several ids (the first occurrence of any counts).
+    """
+    eos_ids = torch.as_tensor(eos_id, device=completion_ids.device).reshape(-1)
+    is_eos = torch.isin(completion_ids, eos_ids)
+    length = completion_ids.shape[1]
+    no_eos = torch.full((completion_ids.shape[0],), length, dtype=torch.long, device=completion_ids.device)
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), no_eos)
+    positions = torch.arange(length, device=completion_ids.device)
+    return positions[None, :] <= first_eos[:, None]
+
+
+# ---------------------------------------------------------------- masks and seeds
+
+
+def draw_mask_seeds(generator: torch.Generator | None, mu: int) -> list[int]:
+    """One mask seed per inner iteration, drawn from ``generator`` (int64 range, non-negative)."""
+    if isinstance(mu, bool) or not isinstance(mu, int) or mu < 1:
+        raise ConfigError(f"draw_mask_seeds: mu must be a positive integer, got {mu!r}")
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**62, (mu,), generator=generator, device=device).tolist()
+
+
+def mask_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator for mask seed ``seed``: equal seeds give equal masks (build one per use)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def mask_prompt_for_logp(
+    input_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    mask_id: int,
+    p_mask_prompt: float,
+    *,
+    generator: torch.Generator | None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The estimator's input: every completion token masked, each prompt token w.p. ``p_mask_prompt``.
+
+    input_ids, prompt_mask ([B, L] bool, True on prompt positions, padding
+    included), attention_mask ([B, L], 0 on padding) -> masked ids [B, L].
+
+    Padding: positions with ``attention_mask == 0`` are never masked (they are
+    invisible to the model, so masking them would only blur what the mask rate
+    means). d1 passed no attention mask and masked prompt padding like prompt
+    tokens. One uniform [B, L] is drawn on the generator's device for every
+    position, so the masks do not depend on the device the batch is on.
+    """
+    if not 0.0 <= p_mask_prompt <= 1.0:
+        raise ConfigError(f"p_mask_prompt must be in [0, 1], got {p_mask_prompt!r}")
+    if prompt_mask.shape != input_ids.shape or input_ids.dim() != 2:
+        raise ConfigError(
+            f"mask_prompt_for_logp: input_ids {tuple(input_ids.shape)} and prompt_mask "
+            f"{tuple(prompt_mask.shape)} must both be [batch, length]"
+        )
+    prompt_mask = prompt_mask.bool()
+    draw_device = generator.device if generator is not None else input_ids.device
+    u = torch.rand(tuple(input_ids.shape), generator=generator, device=draw_device).to(input_ids.device)
+    masked_prompt = prompt_mask & (u < p_mask_prompt)
+    if attention_mask is not None:
+        masked_prompt &= attention_mask.to(input_ids.device).bool()
+    is_masked = masked_prompt | ~prompt_mask
+    return torch.where(is_masked, torch.full_like(input_ids, mask_id), input_ids)
+
+
+# ---------------------------------------------------------------- per-token log-probs
+
+
+def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[..., target]`` in float32: logits [B, T, V], targets [B, T] -> [B, T].
+
+    Row by row (as TRL's ``selective_log_softmax``): at most one row's [T, V]
+    float32 copy exists at a time when the logits are bf16/fp16, and no [B, T, V]
+    log-softmax is ever materialised.
+    """
+    rows = []
+    for row_logits, row_targets in zip(logits, targets):
+        row_logits = row_logits.float()
+        picked = row_logits.gather(-1, row_targets[:, None]).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.stack(rows)
+
+
+def _prompt_length(prompt_mask: torch.Tensor) -> int:
+    """Length of the prompt block that every row shares; the completion is the rest."""
+    prompt_len = int(prompt_mask[0].sum())
+    expected = torch.arange(prompt_mask.shape[1], device=prompt_mask.device) < prompt_len
+    if not bool((prompt_mask.bool() == expected[None, :]).all()):
+        raise ConfigError(
+            "per_token_logps: prompt_mask must mark the same leading columns in every row "
+            "(left-padded prompts, padding included, followed by the completions)"
+        )
+    return prompt_len
+
+
+def per_token_logps(
+    model: Any,
+    input_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    mask_id: int,
+    p_mask_prompt: float,
+    generator: torch.Generator | None = None,
+    noisy_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """d1's one-step estimate of ``log pi(o_k | q)`` for every completion token: [B, T] float32.
+
+    input_ids: [B, L] = prompt (left-padded, P columns) + completion (T = L - P
+    columns); prompt_mask: [B, L] bool, True on the first P columns of every row.
+    The model sees ``noisy_ids`` (every completion token masked, prompt tokens
+    masked w.p. ``p_mask_prompt``), built here from ``generator`` unless given
+    (see the module docstring for sharing one mask across policies). ONE forward
+    pass (``model(noisy, attention_mask=...)`` when a mask is given); gradients
+    flow through the result when grad is enabled. Classifier-free guidance is not
+    applied (d1's default ``cfg_scale = 0``).
+    """
+    prompt_len = _prompt_length(prompt_mask)
+    if noisy_ids is None:
+        if generator is None and p_mask_prompt > 0:
+            raise ConfigError(
+                "per_token_logps: pass a generator (or noisy_ids) so old, reference and current policy "
+                "can see the same prompt mask"
+            )
+        noisy_ids = mask_prompt_for_logp(
+            input_ids, prompt_mask, mask_id, p_mask_prompt, generator=generator, attention_mask=attention_mask
+        )
+    elif noisy_ids.shape != input_ids.shape:
+        raise ConfigError(
+            f"per_token_logps: noisy_ids {tuple(noisy_ids.shape)} must match input_ids {tuple(input_ids.shape)}"
+        )
+    output = model(noisy_ids) if attention_mask is None else model(noisy_ids, attention_mask=attention_mask)
+    logits = as_logits(output)
+    return token_log_probs(logits[:, prompt_len:], input_ids[:, prompt_len:])
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def diffu_grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps: float,
+    beta: float,
+    num_tokens: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clipped policy loss + ``beta`` * k3 KL, averaged over kept tokens.
+
+    logp, old_logp, ref_logp, mask: [B, T]; advantages: [B]. Per token:
+    ``ratio = exp(logp - old_logp)``,
+    ``loss_k = -min(ratio A, clip(ratio, 1 - eps, 1 + eps) A) + beta KL_k``,
+    ``KL_k = exp(ref - logp) - (ref - logp) - 1`` (k3, >= 0).
+    Loss = sum over kept tokens (``mask``) / ``num_tokens``, where ``num_tokens``
+    defaults to the kept-token count of this micro-batch (d1/TRL of that time: a
+    global token mean over the micro-batch, not a mean of per-sequence means).
+    When accumulating gradients pass the kept-token count of the whole optimiser
+    batch and sum the micro-batch losses: then 1 x 4 and 4 x 1 micro-batching
+    give the same gradient (d1 averaged per-micro-batch means instead).
+
+    ``old_logp=None`` means ``logp.detach()`` (mu = 1: ratio 1, gradient ``-A``);
+    ``ref_logp`` may be None when ``beta == 0`` (the reference crashed with mu = 1
+    and beta != 0; here the two are independent). ``old_logp`` and ``ref_logp``
+    are detached: gradients flow only through ``logp``.
+
+    stats (floats, over kept tokens of this micro-batch): ``loss``,
+    ``policy_loss``, ``kl`` (only when ``ref_logp`` is given), ``ratio_mean``,
+    ``ratio_min``, ``ratio_max``, ``clip_frac`` (tokens whose gradient the clip
+    removes: ``clip_low_frac`` = ratio < 1 - eps with A < 0, ``clip_high_frac`` =
+    ratio > 1 + eps with A > 0, as newer TRL reports), ``num_tokens``.
+    """
+    if not eps > 0:
+        raise ConfigError(f"diffu_grpo_loss: eps must be > 0, got {eps!r}")
+    if not beta >= 0:
+        raise ConfigError(f"diffu_grpo_loss: beta must be >= 0, got {beta!r}")
+    if beta != 0 and ref_logp is None:
+        raise ConfigError(f"diffu_grpo_loss: beta = {beta} needs ref_logp")
+    shapes = {"old_logp": old_logp, "ref_logp": ref_logp, "mask": mask}
+    for name, tensor in shapes.items():
+        if tensor is not None and tensor.shape != logp.shape:
+            raise ConfigError(f"diffu_grpo_loss: {name} has shape {tuple(tensor.shape)}, logp {tuple(logp.shape)}")
+    if logp.dim() != 2 or advantages.shape != logp.shape[:1]:
+        raise ConfigError(
+            f"diffu_grpo_loss: expected logp [B, T] and advantages [B]; got {tuple(logp.shape)}, "
+            f"{tuple(advantages.shape)}"
+        )
+
+    old_logp = logp.detach() if old_logp is None else old_logp.detach()
+    keep = mask.to(logp.dtype)
+    count = keep.sum()
+    denominator = count.clamp(min=1) if num_tokens is None else num_tokens
+    adv = advantages.detach().to(logp.dtype)[:, None]
+
+    ratio = torch.exp(logp - old_logp)
+    clipped_ratio = torch.clamp(ratio, 1 - eps, 1 + eps)
+    policy_term = -torch.min(ratio * adv, clipped_ratio * adv)
+    per_token = policy_term
+    kl = None
+    if ref_logp is not None:
+        log_ratio_ref = ref_logp.detach() - logp
+        kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+        if beta != 0:
+            per_token = per_token + beta * kl
+    loss = (per_token * keep).sum() / denominator
+
+    with torch.no_grad():
+        n = count.clamp(min=1)
+        kept = keep.bool()
+
+        def kept_mean(values: torch.Tensor) -> float:
+            return float((values * keep).sum() / n)
+
+        low = (ratio < 1 - eps) & (adv < 0) & kept
+        high = (ratio > 1 + eps) & (adv > 0) & kept
+        stats = {
+            "loss": float(loss.detach()),
+            "policy_loss": kept_mean(policy_term),
+            "ratio_mean": kept_mean(ratio),
+            "ratio_min": float(ratio[kept].min()) if kept.any() else 1.0,
+            "ratio_max": float(ratio[kept].max()) if kept.any() else 1.0,
+            "clip_low_frac": float(low.sum() / n),
+            "clip_high_frac": float(high.sum() / n),
+            "clip_frac": float((low | high).sum() / n),
+            "num_tokens": float(count),
+        }
+        if kl is not None:
+            stats["kl"] = kept_mean(kl)
+    return loss, stats

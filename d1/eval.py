@@ -1,0 +1,216 @@
+"""The evaluation stage: generate on a task's test set at several lengths, score, write files.
+
+For every (task, gen_length) it writes a d1-format generations file
+``{task}_{model_name}_{gen_length}_{steps}_0_generations.json`` (re-scorable
+by ``d1 score`` / ``d1 score-dir``; a superset of d1's format with the prompt
+and the per-item score added) and, for all settings, ``metrics.json``
+(``{task: {gen_length: {accuracy, correct, total, n}}}``) plus the resolved
+config.
+
+Protocol as d1's ``eval/eval.py``: greedy (temperature 0), block length 32,
+steps = gen_length / 2, low-confidence remasking, the eval prompt of each task
+with the chat template and ``<reasoning>`` prefilled. Deviations: d1 scores a
+random subsample of 256 Countdown/Sudoku items; ``limit`` takes the first N so
+runs are comparable without a seed; the stored completion stops after the first
+EOS token (d1 kept the padding EOS tokens; scores do not depend on them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from d1.config import write_json_atomic, write_resolved
+from d1.errors import ConfigError
+from d1.generation import generate
+from d1.prepare import read_split
+from d1.tasks import available_tasks, get_task
+from d1.tasks.base import Example, Task
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run (params.yaml section ``eval``)."""
+
+    SECTION: ClassVar[str] = "eval"
+
+    model: str = "outputs/sft/model"
+    model_name: str = "model"  # label in file names and tables (base, sft, d1, ...)
+    data_dir: str = "data"
+    out_dir: str = "outputs/eval"
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "countdown", "sudoku"])
+    gen_lengths: list[int] = field(default_factory=lambda: [128, 256, 512])
+    block_length: int = 32
+    steps: int | None = None  # None: gen_length // 2 (the paper's setting)
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    add_reasoning: bool = True  # prefill "<reasoning>" after the chat template, as d1
+    batch_size: int = 8
+    limit: dict[str, int] = field(default_factory=dict)  # first N test items per task
+    seed: int = 42
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    trust_remote_code: bool = False  # for non-LLaDA models (Dream, ...)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in self.tasks:
+            if name not in available_tasks():
+                raise ConfigError(f"eval.tasks: unknown task {name!r}; available: {', '.join(available_tasks())}")
+        if not self.tasks:
+            raise ConfigError("eval.tasks: no task given")
+        if not self.gen_lengths:
+            raise ConfigError("eval.gen_lengths: no length given")
+        for n in self.gen_lengths:
+            if n <= 0 or n % self.block_length:
+                raise ConfigError(f"eval.gen_lengths: {n} is not a positive multiple of block_length {self.block_length}")
+            steps = self.steps_for(n)
+            if steps <= 0 or steps % (n // self.block_length):
+                raise ConfigError(f"eval.steps: {steps} steps do not split evenly over the {n // self.block_length} blocks of length {n}")
+        if self.remasking not in REMASKING:
+            raise ConfigError(f"eval.remasking: {self.remasking!r} is not one of {', '.join(REMASKING)}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"eval.batch_size: must be positive, got {self.batch_size}")
+        if self.temperature < 0:
+            raise ConfigError(f"eval.temperature: must be >= 0, got {self.temperature}")
+        for name, n in self.limit.items():
+            if name not in self.tasks or n <= 0:
+                raise ConfigError(f"eval.limit.{name}: must name an evaluated task with a positive count, got {n}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"eval.dtype: {self.dtype!r} is not auto, float32, bfloat16 or float16")
+
+    def steps_for(self, gen_length: int) -> int:
+        return self.steps if self.steps is not None else gen_length // 2
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dev, getattr(torch, dtype)
+
+
+def build_prompt(task: Task, example: Example, tokenizer, *, add_reasoning: bool) -> str:
+    """The eval prompt: the task's eval user turn in the chat template, ``<reasoning>`` prefilled."""
+    text = tokenizer.apply_chat_template(task.messages(example, for_eval=True), add_generation_prompt=True, tokenize=False)
+    return text + "<reasoning>" if add_reasoning else text
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists -> (input_ids [B, L], attention_mask [B, L])."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def decode_completion(tokenizer, token_ids: list[int], eos_id: int) -> str:
+    """Decoded completion up to and including the first EOS (special tokens kept, as d1)."""
+    if eos_id in token_ids:
+        token_ids = token_ids[: token_ids.index(eos_id) + 1]
+    return tokenizer.decode(token_ids, skip_special_tokens=False)
+
+
+@torch.no_grad()
+def generate_completions(
+    model, tokenizer, prompts: list[str], *, mask_id: int, eos_id: int, pad_id: int, gen_length: int,
+    block_length: int, steps: int, temperature: float = 0.0, cfg_scale: float = 0.0,
+    remasking: str = "low_confidence", batch_size: int = 8, generator: torch.Generator | None = None,
+    device: torch.device | None = None, desc: str = "generate",
+) -> list[str]:
+    """Completions for ``prompts`` with the shared sampler, batched with left padding."""
+    device = device or next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # Batch prompts of similar length together (less padding), keep the caller's order in the output.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[str | None] = [None] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start : start + batch_size]
+        ids, mask = left_pad([encoded[i] for i in idx], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        seqs = generate(
+            model, ids, gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
+            cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, attention_mask=mask, generator=generator,
+        )
+        for row, i in enumerate(idx):
+            out[i] = decode_completion(tokenizer, seqs[row, ids.shape[1]:].tolist(), eos_id)
+    return [s for s in out if s is not None]
+
+
+def evaluate_task(
+    model, tokenizer, task: Task, examples: list[Example], *, cfg: EvalConfig, gen_length: int,
+    ids: Any, device: torch.device, generator: torch.Generator,
+) -> tuple[dict, dict]:
+    """Generate + score one (task, gen_length): (d1-format file content, metrics)."""
+    steps = cfg.steps_for(gen_length)
+    prompts = [build_prompt(task, ex, tokenizer, add_reasoning=cfg.add_reasoning) for ex in examples]
+    t0 = time.perf_counter()
+    completions = generate_completions(
+        model, tokenizer, prompts, mask_id=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id,
+        gen_length=gen_length, block_length=cfg.block_length, steps=steps, temperature=cfg.temperature,
+        cfg_scale=cfg.cfg_scale, remasking=cfg.remasking, batch_size=cfg.batch_size, generator=generator,
+        device=device, desc=f"{task.name}@{gen_length}",
+    )
+    wall = time.perf_counter() - t0
+    items, correct, total = [], 0, 0
+    for ex, prompt, text in zip(examples, prompts, completions):
+        s = task.score(text, ex)
+        correct += s.correct
+        total += s.total
+        items.append({"question": ex.question, "prompt_input": prompt, "generations": text,
+                      "ground_truth": ex.ground_truth, "correct": s.correct, "total": s.total})
+    metrics = {"accuracy": 100.0 * correct / total if total else 0.0, "correct": correct, "total": total,
+               "n": len(items), "wall_time_s": round(wall, 3)}
+    content = {"generations": items, "metrics": {"wall_time": wall, "total_processed": len(items), **metrics},
+               "model_path": cfg.model, "gen_length": gen_length, "diffusion_steps": steps,
+               "block_length": cfg.block_length}
+    return content, metrics
+
+
+def generations_filename(task: str, model_name: str, gen_length: int, steps: int) -> str:
+    return f"{task}_{model_name}_{gen_length}_{steps}_0_generations.json"
+
+
+def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
+    """Run the evaluation stage; returns the metrics (also written to ``out_dir/metrics.json``).
+
+    ``model``/``tokenizer`` may be passed in (tests, notebooks); otherwise they
+    are loaded from ``cfg.model`` (a full model folder, or a LoRA adapter folder).
+    """
+    from d1.models.loading import load_for_inference, token_ids
+
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_for_inference(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    model = model.to(device).eval()
+    ids = token_ids(model, tokenizer)
+    out = Path(cfg.out_dir)
+    # Load every test split before generating anything: a missing file fails fast.
+    data = {}
+    for name in cfg.tasks:
+        examples = read_split(cfg.data_dir, name, "test")
+        data[name] = examples[: cfg.limit[name]] if name in cfg.limit else examples
+    metrics: dict[str, dict[str, dict]] = {}
+    for name in cfg.tasks:
+        task = get_task(name)
+        for gen_length in cfg.gen_lengths:
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            content, m = evaluate_task(model, tokenizer, task, data[name], cfg=cfg, gen_length=gen_length,
+                                       ids=ids, device=device, generator=generator)
+            path = out / generations_filename(name, cfg.model_name, gen_length, cfg.steps_for(gen_length))
+            write_json_atomic(path, content)
+            metrics.setdefault(name, {})[str(gen_length)] = m
+    write_resolved(cfg, out)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,110 @@
+"""The evaluation stage on a tiny model: d1-format files that `d1 score` re-scores identically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from d1.config import from_dict
+from d1.errors import ConfigError
+from d1.eval import EvalConfig, decode_completion, left_pad, run_eval
+from d1.models.llada import LLaDAModelLM, initialize_llada_weights, tiny_llada_config_for_tokenizer
+from d1.models.lora import apply_lora
+from d1.models.tokenizer import train_tokenizer
+from d1.prepare import PrepareConfig, prepare
+from d1.scoring import score_directory, score_files
+from d1.tasks import get_task
+from d1.tasks.base import Example
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    prepare(from_dict(PrepareConfig, {"out_dir": str(data), "tasks": {
+        "countdown": {"train": "generate", "train_size": 40, "test_size": 5},
+        "sudoku": {"train": None, "test_size": 3}}}, "prepare"))
+    texts = []
+    for name in ("countdown", "sudoku"):
+        task = get_task(name)
+        for line in (data / name / "test.jsonl").read_text().splitlines():
+            texts.append(task.eval_user_message(Example.from_record(json.loads(line))))
+    texts += [json.loads(line)["solution"] for line in (data / "countdown" / "train.jsonl").read_text().splitlines()]
+    tok = train_tokenizer(texts, vocab_size=400)
+    model = LLaDAModelLM(tiny_llada_config_for_tokenizer(tok, n_layers=2, d_model=32, n_heads=4, mlp_hidden_size=64))
+    initialize_llada_weights(model, generator=torch.Generator().manual_seed(0))
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return root, data, model_dir, model, tok
+
+
+def _cfg(root, data, model_dir, **kw):
+    values = {"model": str(model_dir), "model_name": "tiny", "data_dir": str(data), "out_dir": str(root / "out"),
+              "tasks": ["countdown", "sudoku"], "gen_lengths": [8, 16], "block_length": 8, "batch_size": 2}
+    values.update(kw)
+    return from_dict(EvalConfig, values, "eval")
+
+
+def test_eval_writes_rescorable_files(tiny_setup):
+    root, data, model_dir, _, _ = tiny_setup
+    metrics = run_eval(_cfg(root, data, model_dir))
+    out = root / "out"
+    assert set(metrics) == {"countdown", "sudoku"} and set(metrics["countdown"]) == {"8", "16"}
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / "eval_config.json").is_file()
+    for result in score_directory(out):
+        m = metrics[result["task"]][str(result["gen_length"])]
+        assert (result["correct"], result["total"], result["n"]) == (m["correct"], m["total"], m["n"])
+    f = out / "countdown_tiny_16_8_0_generations.json"
+    content = json.loads(f.read_text())
+    assert content["gen_length"] == 16 and content["diffusion_steps"] == 8 and len(content["generations"]) == 5
+    assert score_files("countdown", [f])["n"] == 5
+    assert metrics["sudoku"]["8"]["total"] > 3  # cell-level denominator
+
+
+def test_eval_is_deterministic_and_adapter_folders_load(tiny_setup, tmp_path):
+    root, data, model_dir, model, tok = tiny_setup
+    first = run_eval(_cfg(root, data, model_dir, out_dir=str(tmp_path / "a"), tasks=["countdown"], gen_lengths=[8]))
+    again = run_eval(_cfg(root, data, model_dir, out_dir=str(tmp_path / "b"), tasks=["countdown"], gen_lengths=[8]))
+    a = json.loads((tmp_path / "a" / "countdown_tiny_8_4_0_generations.json").read_text())["generations"]
+    b = json.loads((tmp_path / "b" / "countdown_tiny_8_4_0_generations.json").read_text())["generations"]
+    assert [x["generations"] for x in a] == [x["generations"] for x in b]
+    assert first["countdown"]["8"]["correct"] == again["countdown"]["8"]["correct"]
+    # A LoRA adapter folder (zero-initialised B: same outputs as its base) evaluates like its base.
+    peft_model = apply_lora(model, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    peft_model.peft_config["default"].base_model_name_or_path = str(model_dir)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    run_eval(_cfg(root, data, adapter_dir, out_dir=str(tmp_path / "c"), tasks=["countdown"], gen_lengths=[8]))
+    c = json.loads((tmp_path / "c" / "countdown_tiny_8_4_0_generations.json").read_text())["generations"]
+    assert [x["generations"] for x in c] == [x["generations"] for x in a]
+    peft_model.unload()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"gen_lengths": [12]}, "eval.gen_lengths: 12 is not a positive multiple of block_length 8"),
+    ({"steps": 3, "gen_lengths": [16]}, "eval.steps: 3 steps do not split evenly"),
+    ({"tasks": ["chess"]}, "eval.tasks: unknown task 'chess'"),
+    ({"remasking": "top"}, "eval.remasking: 'top'"),
+    ({"limit": {"gsm8k": 3}}, "eval.limit.gsm8k"),
+])
+def test_bad_config_names_the_value(tiny_setup, values, message):
+    root, data, model_dir, _, _ = tiny_setup
+    with pytest.raises(ConfigError) as exc:
+        _cfg(root, data, model_dir, **values)
+    assert message in str(exc.value)
+
+
+def test_helpers():
+    ids, mask = left_pad([[5, 6, 7], [9]], pad_id=1)
+    assert ids.tolist() == [[5, 6, 7], [1, 1, 9]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=False):
+            return ",".join(map(str, ids))
+
+    assert decode_completion(Tok(), [4, 1, 1, 1], eos_id=1) == "4,1"
+    assert decode_completion(Tok(), [4, 4], eos_id=1) == "4,4"
