@@ -203,8 +203,9 @@ class CountdownTask(Task):
         return Example(question=question, ground_truth=[numbers, target])
 
     def generate(self, n: int, *, seed: int, exclude: list[Example], **options: Any) -> list[Example]:
-        """See :func:`d1.tasks.countdown_gen.generate_countdown` (option: ``num_numbers``)."""
-        unknown = sorted(set(options) - {"num_numbers"})
+        """See :func:`d1.tasks.countdown_gen.generate_countdown` (options: ``num_numbers``,
+        ``number_range``, ``target_range``, ``max_misses_per_target``)."""
+        unknown = sorted(set(options) - {"num_numbers", "number_range", "target_range", "max_misses_per_target"})
         if unknown:
             raise ConfigError(f"countdown generator: unknown option(s) {', '.join(unknown)}")
         return generate_countdown(n, seed=seed, exclude=exclude, **options)

@@ -15,10 +15,14 @@ never). The first expression found for a value is kept, with ``+``, ``-``,
 ``*``, ``/`` tried in that order, so solutions prefer simple operations.
 
 Generator. :func:`generate_countdown` draws a target uniformly from 1..100,
-then ``num_numbers`` (3 or 4) numbers uniformly from 1..100 until the numbers
+then ``num_numbers`` (3 or 4) numbers uniformly from 1..100 (both ranges are
+options: ``target_range``, ``number_range``) until the numbers
 reach the target under the classic rules (the target is kept meanwhile, so
 targets stay uniform; picking among the reachable values of random numbers
-instead would favour small targets 2-4x). These ranges match d1's data:
+instead would favour small targets 2-4x). Only when a target's puzzles run
+out (small number ranges, large ``n``: e.g. only 31 triples from 1..20 make
+97) must the target be given up, with the ``max_misses_per_target`` option;
+such targets then end up rarer. These ranges match d1's data:
 Jiayi-Pan/Countdown-Tasks-3to4 (training) and the cd3 test set, whose numbers
 and targets all lie in 1..100, targets roughly uniform. Every puzzle is
 therefore solvable with positive integer intermediates; its worked solution
@@ -38,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
-from typing import Iterable, Union
+from typing import Any, Iterable, Union
 
 from d1.errors import ConfigError
 from d1.tasks.arith import evaluate
@@ -263,30 +267,65 @@ def countdown_example(numbers: list[int], target: int, solution: str | None = No
     return Example(question=f"Numbers: {numbers}\nTarget: {target}", ground_truth=[numbers, target], solution=solution)
 
 
+def _check_range(name: str, value: Any) -> tuple[int, int]:
+    """``value`` as an inclusive ``(low, high)`` range of positive integers, else ConfigError."""
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
+    if not ok or not 1 <= value[0] <= value[1]:
+        raise ConfigError(f"countdown generator: {name} must be [low, high] with 1 <= low <= high, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 def generate_countdown(
-    n: int, *, seed: int, num_numbers: int = 3, exclude: Iterable[Example] = ()
+    n: int,
+    *,
+    seed: int,
+    num_numbers: int = 3,
+    exclude: Iterable[Example] = (),
+    number_range: tuple[int, int] = NUMBER_RANGE,
+    target_range: tuple[int, int] = TARGET_RANGE,
+    max_misses_per_target: int | None = None,
 ) -> list[Example]:
     """``n`` distinct solvable puzzles with worked solutions (see the module doc).
 
-    Deterministic in (n, seed, num_numbers, exclude). Raises ConfigError for a
-    bad parameter, or when no new puzzle turns up after many draws.
+    ``number_range`` / ``target_range``: inclusive ranges the numbers and the
+    target are drawn from (default 1..100 each, d1's data; a smaller number
+    range makes easier puzzles, e.g. for the tiny CPU benchmark).
+    ``max_misses_per_target``: draw a new target after this many failed draws
+    in a row (None: keep it until a puzzle turns up, so targets stay uniform).
+    Needed with small number ranges, where some targets run out of puzzles;
+    with the default ranges the longest streak of misses is a few hundred.
+    Deterministic in (n, seed, num_numbers, exclude, ranges). Raises ConfigError
+    for a bad parameter, or when no new puzzle turns up after many draws.
     """
     if not isinstance(n, int) or n < 0:
         raise ConfigError(f"countdown generator: n must be a non-negative integer, got {n!r}")
     if num_numbers not in SUPPORTED_SIZES:
         raise ConfigError(f"countdown generator: num_numbers must be one of {SUPPORTED_SIZES}, got {num_numbers!r}")
+    number_range = _check_range("number_range", number_range)
+    target_range = _check_range("target_range", target_range)
+    if max_misses_per_target is not None and (
+        not isinstance(max_misses_per_target, int) or isinstance(max_misses_per_target, bool)
+        or max_misses_per_target < 1
+    ):
+        raise ConfigError(f"countdown generator: max_misses_per_target must be a positive integer or null, "
+                          f"got {max_misses_per_target!r}")
     rng = random.Random(seed)
     seen = shipped_test_keys() | {_example_key(ex) for ex in exclude}
     out: list[Example] = []
     draws, max_draws = 0, 1000 + 100 * n
-    target = None
+    give_up = max_misses_per_target or max_draws + 1  # None: never give a target up
+    target, misses = None, 0
     while len(out) < n:
         draws += 1
         if draws > max_draws:
-            raise ConfigError(f"countdown generator: could not find {n} distinct puzzles")
-        target = rng.randint(*TARGET_RANGE) if target is None else target
-        numbers = [rng.randint(*NUMBER_RANGE) for _ in range(num_numbers)]
+            hint = "" if max_misses_per_target else " (a small number range? set max_misses_per_target)"
+            raise ConfigError(f"countdown generator: could not find {n} distinct puzzles{hint}")
+        if target is None or misses >= give_up:
+            target, misses = rng.randint(*target_range), 0
+        numbers = [rng.randint(*number_range) for _ in range(num_numbers)]
         if not _reaches(numbers, target) or puzzle_key(numbers, target) in seen:
+            misses += 1
             continue
         solution = _solution(reachable(numbers)[target], numbers)
         if not is_valid_solution(numbers, target, solution.expression):  # guards the solver itself

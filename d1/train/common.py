@@ -54,7 +54,7 @@ STEP_PREFIX = "step-"
 MODEL_DIR = "model"
 #: config keys that may change between a run and its resumption (they do not change the trajectory)
 RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps",
-                               "logging_dir", "merge_adapter"})
+                               "out_dir", "logging_dir", "merge_adapter"})
 
 #: called after every optimiser step with (global_step, metrics of that step); may raise to stop the run
 StepCallback = Callable[[int, dict], None]
@@ -473,6 +473,10 @@ class MetricsLogger:
             shutil.rmtree(directory, ignore_errors=True)
         else:
             _truncate_tsv_after(directory / "plots" / "metrics", resume_step)
+            summary = directory / "metrics.json"
+            if summary.is_file():  # a resumed run that has nothing left to do still reports its metrics
+                self.last = _flatten(json.loads(summary.read_text(encoding="utf-8")))
+                self.last.pop("step", None)
         self.live = Live(dir=str(directory), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=None,
                          report=None)
 
@@ -490,6 +494,18 @@ class MetricsLogger:
         if self.live is not None:
             self.live.end()
             self.live = None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """dvclive's nested summary ({"train": {"loss": 1.0}}) -> {"train/loss": 1.0}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}/"))
+        else:
+            out[name] = value
+    return out
 
 
 def _truncate_tsv_after(directory: Path, step: int) -> None:
@@ -638,7 +654,7 @@ class TrainingRun:
             norm = acc.clip_grad_norm_(trainable_parameters(self.model), max_norm)
             self.grad_norm = float(norm) if norm is not None else None
         self.optimizer.step()
-        if acc.sync_gradients:
+        if acc.sync_gradients and not acc.optimizer_step_was_skipped:  # fp16 overflow skips the step
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 

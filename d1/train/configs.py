@@ -19,6 +19,8 @@ Known differences from d1's settings, by design:
 - ``grpo.lora_target_modules`` defaults to the modules d1's list actually hit
   on LLaDA (q_proj, k_proj, v_proj, up_proj): d1 also named o_proj, down_proj
   and gate_proj, which LLaDA does not have (our LoRA rejects unknown names).
+- ``grpo.save_total_limit`` defaults to 3 (d1: 500, i.e. every checkpoint,
+  each with optimiser state: gigabytes per checkpoint on LLaDA-8B).
 - d1's TRL config set ``sync_ref_model: true``; with a LoRA policy the
   reference is the adapter-disabled model and TRL never synchronised it, so
   there is no such option here.
@@ -343,7 +345,8 @@ class GRPOConfig(TrainConfigBase):
                     "diffusion_steps", "max_prompt_length", "num_iterations"):
             _positive(s, key, getattr(self, key))
         if self.num_generations < 2:
-            _fail(f"{s}.num_generations", f"needs at least 2 rollouts per prompt for a group baseline, got {self.num_generations}")
+            _fail(f"{s}.num_generations",
+                  f"needs at least 2 rollouts per prompt for a group baseline, got {self.num_generations}")
         per_process = self.batch_size * self.grad_accum
         if per_process % self.num_generations:
             _fail(f"{s}.num_generations", f"{self.num_generations} does not divide batch_size * grad_accum = "

@@ -47,7 +47,6 @@ their last tokens (TRL).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Sequence
@@ -83,8 +82,6 @@ from d1.train.common import (
 )
 from d1.train.configs import GRPOConfig
 from d1.train.sft import prompt_text, save_final
-
-log = logging.getLogger(__name__)
 
 REASONING_PREFIX = "<reasoning>"
 FIXED_MASK_SEED = 42  # d1's seed for every iteration when random_masking is off
@@ -294,7 +291,13 @@ class DiffuGRPO:
             "perf/rollout_tokens_per_s": reduce_sum(acc, keep.shape[0] * keep.shape[1], device)
             / max(reduce_mean(acc, rollout_time, device), 1e-9),
         }
-        for name, values in components.items():
+        names = sorted(components)
+        if run.num_processes > 1:  # every process must reduce the same names in the same order
+            from accelerate.utils import gather_object
+
+            names = sorted(set(gather_object(names)))
+        for name in names:
+            values = components.get(name, torch.empty(0))
             valid = values[~values.isnan()]
             count = reduce_sum(acc, valid.numel(), device)
             if count == 0:

@@ -27,8 +27,8 @@ the micro-batch size does not change them.
 from __future__ import annotations
 
 import gc
-import logging
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from d1.algo.masking import count_response_tokens, forward_mask, masked_sft_loss, sample_mask_ratio, sft_collate
-from d1.errors import ConfigError, DataError
+from d1.errors import DataError
 from d1.train.common import (
     MODEL_DIR,
     StepCallback,
@@ -55,8 +55,6 @@ from d1.train.common import (
     save_model_dir,
 )
 from d1.train.configs import SFTConfig
-
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- data
@@ -264,8 +262,6 @@ def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool)
     target = out / MODEL_DIR
     acc.wait_for_everyone()
     if acc.is_main_process:
-        import shutil
-
         if lora and merge:
             adapter_dir = save_model_dir(model, tokenizer, out / "adapter")
             # Free the training copy first: merging reloads the base (8B on GPU).

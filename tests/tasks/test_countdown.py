@@ -172,6 +172,8 @@ def test_generate_hook():
     assert all(TASK.reward(e.solution, e).total == 1.0 for e in out)
     with pytest.raises(ConfigError):
         TASK.generate(5, seed=1, exclude=[], size=3)
+    small = TASK.generate(5, seed=1, exclude=[], number_range=[1, 9], target_range=[1, 20], max_misses_per_target=100)
+    assert all(max(e.ground_truth[0]) <= 9 and e.ground_truth[1] <= 20 for e in small)
 
 
 @pytest.mark.parametrize("gen_length, accuracy", [(128, 20.70), (256, 19.53), (512, 16.02)])

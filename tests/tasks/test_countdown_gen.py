@@ -180,3 +180,43 @@ def test_bad_parameters(kwargs):
 
 def test_zero():
     assert generate_countdown(0, seed=0) == []
+
+
+# --- number / target ranges (smaller puzzles for the tiny CPU benchmark) -----------------
+
+def test_default_ranges_are_the_defaults():
+    explicit = generate_countdown(200, seed=11, number_range=(1, 100), target_range=[1, 100])
+    assert _serialised(explicit) == _serialised(generate_countdown(200, seed=11))
+
+
+def test_ranges_are_respected_and_puzzles_verified():
+    out = generate_countdown(400, seed=2, number_range=[1, 20], target_range=[10, 60], max_misses_per_target=200)
+    assert len({puzzle_key(*e.ground_truth) for e in out}) == 400
+    for ex in out:
+        numbers, target = ex.ground_truth
+        assert all(1 <= x <= 20 for x in numbers) and 10 <= target <= 60
+        assert TASK.reward(ex.solution, ex).total == 1.0
+    assert max(x for e in out for x in e.ground_truth[0]) == 20  # the range is used up to its end
+
+
+def test_small_range_needs_a_target_redraw():
+    # Numbers 1..5 make only a few puzzles per target in 1..40: without redraws the first
+    # exhausted target is drawn forever; with them most of the pool is found.
+    pool = {(tuple(sorted((a, b, c))), t) for a in range(1, 6) for b in range(1, 6) for c in range(1, 6)
+            for t in range(1, 41) if solve_countdown([a, b, c], t) is not None}
+    pool -= shipped_test_keys()
+    with pytest.raises(ConfigError, match="max_misses_per_target"):
+        generate_countdown(len(pool), seed=0, number_range=(1, 5), target_range=(1, 40))
+    out = generate_countdown(len(pool) * 3 // 4, seed=0, number_range=(1, 5), target_range=(1, 40),
+                             max_misses_per_target=50)
+    assert {puzzle_key(*e.ground_truth) for e in out} <= pool
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"number_range": (0, 10)}, {"number_range": (5, 4)}, {"number_range": (1,)}, {"number_range": (1.0, 9)},
+    {"target_range": (1, 2, 3)}, {"target_range": None}, {"max_misses_per_target": 0},
+    {"max_misses_per_target": True},
+])
+def test_bad_range_options(kwargs):
+    with pytest.raises(ConfigError):
+        generate_countdown(3, seed=0, **kwargs)

@@ -1,0 +1,341 @@
+"""Learning on the tiny model, CPU: pre-train -> masked SFT -> diffu-GRPO on Countdown.
+
+Runs the whole chain with the library's stage functions and prints a table:
+stage, seconds, optimiser steps, held-out accuracy (95% CI), cd3 accuracy, and
+the GRPO gain on the held-out puzzles with its paired 95% CI.
+
+    .venv/bin/python benchmarks/learning_countdown.py [--out DIR] [--seed N]
+        [--steps-pretrain N --steps-sft N --steps-grpo N]
+        [--budget-pretrain S --budget-sft S --budget-grpo S]
+
+Chain (every step a library function; nothing here re-implements training):
+
+1. data: ``HELDOUT`` Countdown puzzles generated first (seeded), then
+   ``d1.prepare.prepare`` generates the training split with the held-out file
+   as its test split, so training puzzles are disjoint from the held-out ones
+   (and, as always, from the shipped cd3 test set);
+2. ``run_pretrain``: tokenizer trained on the training split, tiny LLaDA
+   pre-trained from scratch on the worked solutions (plain documents);
+3. ``run_sft``: masked SFT (d1 objective: chat-templated d1 prompt, the
+   ``<reasoning>...</reasoning>\\n<answer>...</answer>`` solution, EOS padding
+   learned) from the pre-trained model, full fine-tuning;
+4. evaluation of the SFT model (below);
+5. ``run_grpo``: diffu-GRPO from the SFT model, rewards from the task registry;
+6. evaluation of the GRPO model on the same puzzles.
+
+Evaluation: greedy decoding with the shared sampler (``d1.eval.generate_completions``)
+on the prompt the model was trained on (the d1 Countdown *training* prompt through
+the chat template, the GRPO rollout prompt); a puzzle counts as solved when the
+equation in the last ``<answer>`` block uses each number exactly once and hits
+the target (the task's reward is 1.0). d1's own evaluation prompt asks for a
+``\\boxed{}`` answer that neither the SFT targets nor the RL reward contain, and
+d1's scorer then reads the whole text; the tiny model has never seen that
+prompt, so it is not used here (see benchmarks/README.md).
+
+Step counts are fixed by default (reproducible: the same seed gives the same
+numbers on the same software); ``--budget-*`` turns a wall-clock budget into a
+step count from a short timing probe of that stage (not reproducible across
+machines or loads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from d1.config import from_dict, write_json_atomic  # noqa: E402
+from d1.data.io import write_jsonl  # noqa: E402
+from d1.prepare import PrepareConfig, builtin_path, prepare, read_split  # noqa: E402
+from d1.tasks import get_task  # noqa: E402
+from d1.tasks.countdown_gen import TEST_SET, generate_countdown  # noqa: E402
+from d1.train.common import derive_seed  # noqa: E402
+
+TASK = "countdown"
+
+# ----------------------------------------------------------------------------- settings
+#
+# Puzzles: 3 numbers drawn from 1..20 (the prototype's range; d1's data use 1..100),
+# targets uniform in 1..100 while a target still has unused puzzles.
+GENERATOR = {"num_numbers": 3, "number_range": [1, 20], "target_range": [1, 100], "max_misses_per_target": 200}
+TRAIN_SIZE = 8000
+HELDOUT = 500
+
+# Sampler, shared by GRPO rollouts and evaluation: the answer (< 52 tokens with the
+# end-of-turn token) fits one 64-token window, decoded in two blocks of 32 (d1's
+# block length).
+GEN_LENGTH = 64
+BLOCK_LENGTH = 32
+EVAL_STEPS = 32  # gen_length / 2: d1's evaluation setting (two tokens per step)
+EVAL_BATCH = 64
+
+PRETRAIN = {
+    "tasks": [TASK], "document_format": "plain", "tokenizer_vocab_size": 1024,
+    "d_model": 128, "n_layers": 4, "n_heads": 4, "mlp_hidden_size": 384,
+    "max_sequence_length": 512, "seq_len": 256,
+    "lr": 1e-3, "warmup_steps": 20, "lr_scheduler": "cosine", "batch_size": 16, "grad_accum": 1,
+    "save_steps": 0, "logging_steps": 10, "device": "cpu",
+}
+SFT = {
+    "tasks": [TASK], "full_finetune": True, "max_length": 240,
+    "lr": 5e-4, "warmup_steps": 20, "lr_scheduler": "cosine", "weight_decay": 0.1,
+    "batch_size": 16, "grad_accum": 1, "adam_betas": [0.9, 0.999],
+    "save_steps": 0, "logging_steps": 10, "device": "cpu", "merge_adapter": False,
+}
+GRPO = {
+    "tasks": [TASK], "full_finetune": True,
+    "num_generations": 8, "generation_batch_size": 64, "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH,
+    "diffusion_steps": 32, "temperature": 0.9, "beta": 0.04, "epsilon": 0.5, "p_mask_prompt": 0.15,
+    "num_iterations": 4, "lr": 1e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 1,
+    "batch_size": 16, "grad_accum": 4, "max_grad_norm": 0.2, "weight_decay": 0.1,
+    "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 256,
+}
+STEPS = {"pretrain": 300, "sft": 700, "grpo": 40}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (better than the normal one near 0 or 1)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_gain(before: list[int], after: list[int], *, seed: int, resamples: int = 10_000) -> dict:
+    """Mean per-puzzle difference (after - before) with two 95% CIs.
+
+    ``normal``: mean +- 1.96 * sd / sqrt(n) of the per-puzzle differences;
+    ``bootstrap``: percentile interval of the mean over ``resamples`` paired
+    resamples (puzzles drawn with replacement, both scores of a puzzle together).
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_gain needs two equally long, non-empty score lists")
+    d = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    n = d.numel()
+    mean = float(d.mean())
+    sd = float(d.std(unbiased=True)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (resamples, n), generator=g)
+    means = d[idx].mean(dim=1).sort().values
+    lo, hi = float(means[int(0.025 * resamples)]), float(means[int(0.975 * resamples) - 1])
+    return {"gain": mean, "normal_ci": [mean - half, mean + half], "bootstrap_ci": [lo, hi],
+            "improved": int((d > 0).sum()), "worsened": int((d < 0).sum()), "n": n}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalResult:
+    correct: list[int]
+    answered: list[int]
+    seconds: float
+    completions: list[str] = field(repr=False)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct)
+
+    def summary(self) -> dict:
+        lo, hi = wilson_interval(sum(self.correct), len(self.correct))
+        return {"accuracy": self.accuracy, "ci95": [lo, hi], "correct": sum(self.correct), "n": len(self.correct),
+                "answered": sum(self.answered) / len(self.answered), "seconds": round(self.seconds, 1)}
+
+
+def evaluate(model_dir: Path, examples: list, *, desc: str) -> EvalResult:
+    """Greedy completions of the training prompt with the shared sampler; solved = reward 1.0."""
+    from d1.eval import generate_completions
+    from d1.models.loading import load_for_inference, token_ids
+    from d1.train.sft import prompt_text
+
+    task = get_task(TASK)
+    model, tokenizer = load_for_inference(str(model_dir), dtype=torch.float32)
+    model.eval()
+    ids = token_ids(model, tokenizer)
+    prompts = [prompt_text(tokenizer, task, ex) for ex in examples]
+    start = time.perf_counter()
+    texts = generate_completions(model, tokenizer, prompts, mask_id=ids.mask_id, eos_id=ids.eos_id,
+                                 pad_id=ids.pad_id, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
+                                 steps=EVAL_STEPS, temperature=0.0, batch_size=EVAL_BATCH,
+                                 device=torch.device("cpu"), desc=desc)
+    seconds = time.perf_counter() - start
+    rewards = [task.reward_components(text, ex)[TASK] for text, ex in zip(texts, examples)]
+    return EvalResult(correct=[int(r == 1.0) for r in rewards], answered=[int(r > 0) for r in rewards],
+                      seconds=seconds, completions=texts)
+
+
+def save_eval(path: Path, result: EvalResult, examples: list) -> None:
+    items = [{"question": ex.question, "ground_truth": ex.ground_truth, "generations": text, "correct": c}
+             for ex, text, c in zip(examples, result.completions, result.correct)]
+    write_json_atomic(path, {"generations": items, "metrics": result.summary()})
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def make_data(out: Path, seed: int) -> tuple[list, list]:
+    """Held-out puzzles first, then the training split disjoint from them; returns (held-out, cd3)."""
+    heldout = generate_countdown(HELDOUT, seed=derive_seed(seed, "heldout"), **GENERATOR)
+    heldout_file = out / "heldout.jsonl"
+    write_jsonl(heldout_file, (ex.to_record() for ex in heldout))
+    cfg = from_dict(PrepareConfig, {
+        "out_dir": str(out / "data"), "seed": seed,
+        "tasks": {TASK: {"train": "generate", "train_size": TRAIN_SIZE, "generator": dict(GENERATOR),
+                         "test": str(heldout_file)}},
+    }, "prepare")
+    prepare(cfg)
+    task = get_task(TASK)
+    cd3 = [task.example_from_record(json.loads(line))
+           for line in builtin_path(TEST_SET).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_split(cfg.out_dir, TASK, "test"), cd3
+
+
+def stage_config(kind: str, out: Path, seed: int, steps: int, model_path: str | None):
+    from d1.train import GRPOConfig, PretrainConfig, SFTConfig
+
+    cls, base = {"pretrain": (PretrainConfig, PRETRAIN), "sft": (SFTConfig, SFT), "grpo": (GRPOConfig, GRPO)}[kind]
+    values = dict(base, data_dir=str(out / "data"), out_dir=str(out / kind), seed=seed, max_steps=steps)
+    if model_path is not None:
+        values["model_path"] = model_path
+    return from_dict(cls, values, kind)
+
+
+def run_stage(kind: str, cfg, callbacks=()) -> dict:
+    from d1.train import run_grpo, run_pretrain, run_sft
+
+    return {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo}[kind](cfg, callbacks=callbacks)
+
+
+def steps_for_budget(kind: str, budget: float, out: Path, seed: int, model_path: str | None) -> int:
+    """Optimiser steps that fit ``budget`` seconds, from a timed probe run of the same stage.
+
+    Pre-training / SFT: 6 probe steps, the time per step from steps 2..6 (the first
+    one carries the set-up). GRPO: one probe round (rollouts + mu steps, set-up
+    included), whole rounds only.
+    """
+    mu = GRPO["num_iterations"]
+    probe_steps = mu if kind == "grpo" else 6
+    times: list[float] = []
+    cfg = stage_config(kind, out / "probe", seed, probe_steps, model_path)
+    start = time.perf_counter()
+    run_stage(kind, cfg, callbacks=[lambda step, metrics: times.append(time.perf_counter())])
+    shutil.rmtree(out / "probe", ignore_errors=True)
+    if kind == "grpo":
+        return max(1, int(budget / (times[-1] - start))) * mu
+    return max(1, int(budget * (len(times) - 1) / (times[-1] - times[0])))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="outputs/bench/learning_countdown")
+    ap.add_argument("--seed", type=int, default=0)
+    for kind in ("pretrain", "sft", "grpo"):
+        ap.add_argument(f"--steps-{kind}", type=int, default=STEPS[kind], help=f"optimiser steps (default {STEPS[kind]})")
+        ap.add_argument(f"--budget-{kind}", type=float, default=None,
+                        help="wall-clock seconds instead of --steps (probed; not reproducible)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N puzzles of each set "
+                    "(smoke runs; the CIs then mean little)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t_all = time.perf_counter()
+    rows: list[dict] = []
+
+    t0 = time.perf_counter()
+    heldout, cd3 = make_data(out, args.seed)
+    if args.eval_limit:
+        heldout, cd3 = heldout[:args.eval_limit], cd3[:args.eval_limit]
+    rows.append({"stage": "data", "seconds": time.perf_counter() - t0, "steps": None})
+
+    model_path: str | None = None
+    evals: dict[str, dict[str, EvalResult]] = {}
+    for kind in ("pretrain", "sft", "grpo"):
+        budget = getattr(args, f"budget_{kind}")
+        steps = getattr(args, f"steps_{kind}")
+        if budget is not None:
+            steps = steps_for_budget(kind, budget, out, args.seed, model_path)
+        cfg = stage_config(kind, out, args.seed, steps, model_path)
+        t0 = time.perf_counter()
+        summary = run_stage(kind, cfg)
+        row = {"stage": kind, "seconds": time.perf_counter() - t0, "steps": summary["steps"],
+               "last_metrics": summary.get("last_metrics", {})}
+        rows.append(row)
+        model_path = summary["model_dir"]
+        if kind in ("sft", "grpo"):
+            t0 = time.perf_counter()
+            evals[kind] = {"heldout": evaluate(Path(model_path), heldout, desc=f"{kind} held-out"),
+                           "cd3": evaluate(Path(model_path), cd3, desc=f"{kind} cd3")}
+            for name, res in evals[kind].items():
+                save_eval(out / f"eval_{kind}_{name}.json", res, heldout if name == "heldout" else cd3)
+            rows.append({"stage": f"eval {kind}", "seconds": time.perf_counter() - t0, "steps": None})
+            row["heldout"] = evals[kind]["heldout"].summary()
+            row["cd3"] = evals[kind]["cd3"].summary()
+        print(json.dumps({k: v for k, v in row.items() if k != "last_metrics"}), flush=True)
+
+    gain = paired_gain(evals["sft"]["heldout"].correct, evals["grpo"]["heldout"].correct,
+                       seed=derive_seed(args.seed, "bootstrap"))
+    gain_cd3 = paired_gain(evals["sft"]["cd3"].correct, evals["grpo"]["cd3"].correct,
+                           seed=derive_seed(args.seed, "bootstrap-cd3"))
+    total = time.perf_counter() - t_all
+    result = {"seed": args.seed, "total_seconds": total, "rows": rows, "gain_heldout": gain, "gain_cd3": gain_cd3,
+              "settings": {"generator": GENERATOR, "train_size": TRAIN_SIZE, "heldout": HELDOUT,
+                           "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "eval_steps": EVAL_STEPS,
+                           "pretrain": PRETRAIN, "sft": SFT, "grpo": GRPO},
+              "torch_threads": torch.get_num_threads()}
+    write_json_atomic(out / "results.json", result)
+
+    print()
+    print(f"Countdown, 3 numbers from {GENERATOR['number_range'][0]}..{GENERATOR['number_range'][1]}, "
+          f"targets {GENERATOR['target_range'][0]}..{GENERATOR['target_range'][1]}; "
+          f"{len(heldout)} held-out puzzles; cd3 = d1's shipped test set (numbers 1..100); seed {args.seed}")
+    print()
+    print("| stage | seconds | steps | held-out acc % [95% CI] | cd3 acc % |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        held = row.get("heldout")
+        held_s = f"{pct(held['accuracy'])} [{pct(held['ci95'][0])}, {pct(held['ci95'][1])}]" if held else ""
+        cd3_s = pct(row["cd3"]["accuracy"]) if row.get("cd3") else ""
+        steps = "" if row["steps"] is None else str(row["steps"])
+        print(f"| {row['stage']} | {row['seconds']:.0f} | {steps} | {held_s} | {cd3_s} |")
+    print(f"| total | {total:.0f} | | | |")
+    print()
+    lo, hi = gain["bootstrap_ci"]
+    nlo, nhi = gain["normal_ci"]
+    print(f"GRPO gain on held-out: {100 * gain['gain']:+.1f} points, paired 95% CI "
+          f"[{100 * lo:+.1f}, {100 * hi:+.1f}] (bootstrap), [{100 * nlo:+.1f}, {100 * nhi:+.1f}] (normal); "
+          f"{gain['improved']} puzzles gained, {gain['worsened']} lost")
+    lo, hi = gain_cd3["bootstrap_ci"]
+    print(f"GRPO gain on cd3: {100 * gain_cd3['gain']:+.1f} points, paired 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    return result
+
+
+if __name__ == "__main__":
+    main()
