@@ -75,20 +75,20 @@ HELDOUT = 500
 # Sampler, shared by GRPO rollouts and evaluation: the answer (< 52 tokens with the
 # end-of-turn token) fits one 64-token window, decoded in two blocks of 32 (d1's
 # block length).
-GEN_LENGTH = 64
+GEN_LENGTH = 32
 BLOCK_LENGTH = 32
-EVAL_STEPS = 32  # gen_length / 2: d1's evaluation setting (two tokens per step)
+EVAL_STEPS = 16  # gen_length / 2: d1's evaluation setting (two tokens per step)
 EVAL_BATCH = 64
 
 PRETRAIN = {
-    "tasks": [TASK], "document_format": "plain", "tokenizer_vocab_size": 1024,
+    "tasks": [TASK], "document_format": "plain", "tokenizer_vocab_size": 1024, "tokenizer_split_words": False,
     "d_model": 128, "n_layers": 4, "n_heads": 4, "mlp_hidden_size": 384,
     "max_sequence_length": 512, "seq_len": 256,
     "lr": 1e-3, "warmup_steps": 20, "lr_scheduler": "cosine", "batch_size": 16, "grad_accum": 1,
     "save_steps": 0, "logging_steps": 10, "device": "cpu",
 }
 SFT = {
-    "tasks": [TASK], "full_finetune": True, "max_length": 240,
+    "tasks": [TASK], "full_finetune": True, "max_length": 80,
     "lr": 5e-4, "warmup_steps": 20, "lr_scheduler": "cosine", "weight_decay": 0.1,
     "batch_size": 16, "grad_accum": 1, "adam_betas": [0.9, 0.999],
     "save_steps": 0, "logging_steps": 10, "device": "cpu", "merge_adapter": False,
@@ -96,10 +96,10 @@ SFT = {
 GRPO = {
     "tasks": [TASK], "full_finetune": True,
     "num_generations": 8, "generation_batch_size": 64, "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH,
-    "diffusion_steps": 32, "temperature": 0.9, "beta": 0.04, "epsilon": 0.5, "p_mask_prompt": 0.15,
+    "diffusion_steps": 16, "temperature": 0.9, "beta": 0.04, "epsilon": 0.5, "p_mask_prompt": 0.15,
     "num_iterations": 4, "lr": 1e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 1,
     "batch_size": 16, "grad_accum": 4, "max_grad_norm": 0.2, "weight_decay": 0.1,
-    "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 256,
+    "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 64,
 }
 STEPS = {"pretrain": 300, "sft": 700, "grpo": 40}
 

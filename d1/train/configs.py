@@ -191,6 +191,7 @@ class PretrainConfig(TrainConfigBase):
     document_format: str = "plain"
     tokenizer_vocab_size: int = 1024
     tokenizer_min_frequency: int = 2
+    tokenizer_split_words: bool = True  # false: merges may span words (d1.models.tokenizer.train_tokenizer)
     # Tiny LLaDA architecture (LLaDA config field names; d1.models.llada.tiny_llada_config's sizes).
     d_model: int = 128
     n_layers: int = 4

@@ -109,7 +109,8 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, callbacks: Sequen
         # The tokenizer sees the train splits' prompts (training and evaluation wording) and solutions.
         texts = task_corpus(cfg.data_dir, cfg.tasks, limit_per_task=cfg.max_examples)
         tokenizer = train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size,
-                                    min_frequency=cfg.tokenizer_min_frequency)
+                                    min_frequency=cfg.tokenizer_min_frequency,
+                                    split_words=cfg.tokenizer_split_words)
     docs = pretrain_documents(cfg.data_dir, cfg.tasks, document_format=cfg.document_format,
                               max_examples=cfg.max_examples, tokenizer=tokenizer)
     model = build_tiny_model(cfg, tokenizer).to(run.device)

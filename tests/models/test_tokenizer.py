@@ -62,6 +62,18 @@ def test_long_instruction_compresses(tiny_tokenizer):
     assert n < len(text) / 3
 
 
+def test_merges_across_words_compress_recurring_text_further(tiny_tokenizer):
+    phrases = train_tokenizer(small_corpus(), vocab_size=512, split_words=False)
+    text = INSTRUCTION.format(nums=[12, 30], target=42)
+    words = tiny_tokenizer.tokenize(text)
+    spanning = phrases.tokenize(text)
+    assert len(spanning) < len(words)
+    assert any("Ġ" in t[1:-1] for t in spanning)  # some token holds a space inside: it spans words
+    assert not any("Ġ" in t[1:-1] for t in words)
+    assert phrases.decode(phrases(text, add_special_tokens=False)["input_ids"]) == text
+    assert [t for t in spanning if any(c.isdigit() for c in t)] == ["1", "2", "3", "0", "4", "2"]
+
+
 def test_training_is_deterministic():
     a = train_tokenizer(small_corpus(), vocab_size=512)
     b = train_tokenizer(small_corpus(), vocab_size=512)
