@@ -82,13 +82,14 @@ EVAL_BATCH = 64
 
 PRETRAIN = {
     "tasks": [TASK], "document_format": "plain", "tokenizer_vocab_size": 1024, "tokenizer_split_words": False,
+    "tokenizer_number_digits": 3,
     "d_model": 128, "n_layers": 4, "n_heads": 4, "mlp_hidden_size": 384,
     "max_sequence_length": 512, "seq_len": 256,
     "lr": 1e-3, "warmup_steps": 20, "lr_scheduler": "cosine", "batch_size": 16, "grad_accum": 1,
     "save_steps": 0, "logging_steps": 10, "device": "cpu",
 }
 SFT = {
-    "tasks": [TASK], "full_finetune": True, "max_length": 80,
+    "tasks": [TASK], "full_finetune": True, "max_length": 72,
     "lr": 5e-4, "warmup_steps": 20, "lr_scheduler": "cosine", "weight_decay": 0.1,
     "batch_size": 16, "grad_accum": 1, "adam_betas": [0.9, 0.999],
     "save_steps": 0, "logging_steps": 10, "device": "cpu", "merge_adapter": False,
@@ -101,6 +102,7 @@ GRPO = {
     "batch_size": 16, "grad_accum": 4, "max_grad_norm": 0.2, "weight_decay": 0.1,
     "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 64,
 }
+ARITHMETIC_FACTS = True  # add arithmetic_facts() to the pre-training corpus
 STEPS = {"pretrain": 300, "sft": 700, "grpo": 40}
 
 
@@ -190,11 +192,33 @@ def save_eval(path: Path, result: EvalResult, examples: list) -> None:
 # ----------------------------------------------------------------------------- stages
 
 
+def arithmetic_facts(number_range: tuple[int, int], max_value: int) -> list[str]:
+    """Every ``a op b = c`` line a worked solution of these puzzles can contain
+    (operands: puzzle numbers or intermediate results up to ``max_value``;
+    non-negative integer results up to ``max_value``), in the trace's format.
+    Added to the pre-training corpus (``pretrain.extra_documents``): a tiny
+    model pre-trained on the task corpus alone sees each product too rarely to
+    learn the arithmetic its reasoning lines need."""
+    lo, hi = number_range
+    facts = set()
+    for x in range(0, max_value + 1):
+        for y in range(lo, hi + 1):
+            for a, b in ((x, y), (y, x)):
+                for op, c in (("+", a + b), ("-", a - b), ("*", a * b), ("/", a // b if b and a % b == 0 else None)):
+                    if c is not None and 0 <= c <= max_value:
+                        facts.add(f"{a} {op} {b} = {c}")
+    return sorted(facts)
+
+
 def make_data(out: Path, seed: int) -> tuple[list, list]:
     """Held-out puzzles first, then the training split disjoint from them; returns (held-out, cd3)."""
     heldout = generate_countdown(HELDOUT, seed=derive_seed(seed, "heldout"), **GENERATOR)
     heldout_file = out / "heldout.jsonl"
     write_jsonl(heldout_file, (ex.to_record() for ex in heldout))
+    if ARITHMETIC_FACTS:
+        lo, hi = GENERATOR["number_range"]
+        facts = arithmetic_facts((lo, hi), max_value=hi * hi)
+        (out / "arithmetic_facts.txt").write_text("\n".join(facts) + "\n", encoding="utf-8")
     cfg = from_dict(PrepareConfig, {
         "out_dir": str(out / "data"), "seed": seed,
         "tasks": {TASK: {"train": "generate", "train_size": TRAIN_SIZE, "generator": dict(GENERATOR),
@@ -212,6 +236,8 @@ def stage_config(kind: str, out: Path, seed: int, steps: int, model_path: str | 
 
     cls, base = {"pretrain": (PretrainConfig, PRETRAIN), "sft": (SFTConfig, SFT), "grpo": (GRPOConfig, GRPO)}[kind]
     values = dict(base, data_dir=str(out / "data"), out_dir=str(out / kind), seed=seed, max_steps=steps)
+    if kind == "pretrain" and ARITHMETIC_FACTS:
+        values["extra_documents"] = [str(out / "arithmetic_facts.txt")]
     if model_path is not None:
         values["model_path"] = model_path
     return from_dict(cls, values, kind)
@@ -245,11 +271,25 @@ def steps_for_budget(kind: str, budget: float, out: Path, seed: int, model_path:
 # ----------------------------------------------------------------------------- main
 
 
+def apply_settings(items: list[str]) -> None:
+    """Apply ``STAGE.KEY=YAML`` overrides to the settings above (recorded in results.json)."""
+    import yaml
+
+    tables = {"pretrain": PRETRAIN, "sft": SFT, "grpo": GRPO, "generator": GENERATOR}
+    for item in items:
+        key, sep, value = item.partition("=")
+        stage, _, name = key.partition(".")
+        if not sep or stage not in tables or not name:
+            raise SystemExit(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE in {', '.join(tables)}")
+        tables[stage][name] = yaml.safe_load(value)
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global TRAIN_SIZE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/learning_countdown")
     ap.add_argument("--seed", type=int, default=0)
@@ -258,9 +298,15 @@ def main(argv: list[str] | None = None) -> dict:
         ap.add_argument(f"--budget-{kind}", type=float, default=None,
                         help="wall-clock seconds instead of --steps (probed; not reproducible)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=YAML",
+                    help="override a setting, e.g. --set sft.lr=1e-3 --set pretrain.document_format=bare "
+                         "(stages: pretrain, sft, grpo, generator)")
+    ap.add_argument("--train-size", type=int, default=TRAIN_SIZE, help=f"training puzzles (default {TRAIN_SIZE})")
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N puzzles of each set "
                     "(smoke runs; the CIs then mean little)")
     args = ap.parse_args(argv)
+    apply_settings(args.set)
+    TRAIN_SIZE = args.train_size
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from d1 import __version__
@@ -73,12 +74,21 @@ STAGES = {
         "hf:NAME or s3:// URI), load or generate the training sets, and write OUT_DIR/<task>/{train,test}.jsonl, "
         "OUT_DIR/manifest.json (counts, sources, sha256, seed) and OUT_DIR/prepare_config.json.",
     ),
+    "base": (
+        "d1.base:BaseConfig", "d1.base:run_base",
+        "the base model: pre-train the tiny model, or name an existing one (Hub id or folder)",
+        "Base-model stage: with `pretrain` settings, train the tokenizer and pre-train the built-in tiny LLaDA "
+        "(tiny profiles); with `model`, record an existing base model such as GSAI-ML/LLaDA-8B-Instruct "
+        "(nothing is trained or downloaded). Writes OUT_DIR/base.json naming the model SFT and the base "
+        "evaluation load.",
+    ),
     "pretrain": (
         "d1.train.configs:PretrainConfig", "d1.train.pretrain:run_pretrain",
         "train the tokenizer and pre-train the built-in tiny LLaDA (tiny profile)",
         "Tiny profile only: train a tokenizer on the prepared task corpora and pre-train the built-in tiny "
         "LLaDA model from scratch with the masked-diffusion objective; writes a full model folder usable as "
-        "the SFT base.",
+        "the SFT base. The pipeline runs it through `d1 base` (its settings are then `<profile>.base.pretrain`: "
+        "`d1 pretrain --section tiny.base.pretrain` runs them alone).",
     ),
     "sft": (
         "d1.train.configs:SFTConfig", "d1.train.sft:run_sft",
@@ -99,9 +109,21 @@ STAGES = {
         "generate on the test sets at several lengths and score",
         "Evaluation stage: generate on each task's test set at each generation length with the shared sampler "
         "(d1 protocol: greedy, block 32, steps = length/2), write d1-format generations files (re-scorable "
-        "with `d1 score`) and metrics.json.",
+        "with `d1 score`) and metrics.json. One DVC eval cell = one model label, task and length "
+        "(see `models` in the eval section).",
+    ),
+    "report": (
+        "d1.report:ReportConfig", "d1.report:run_report",
+        "the results table (base / +SFT / d1), paired gains with 95%% intervals, plots, an offline page",
+        "Report stage: read every evaluation cell (EVAL_DIR/<model>/<task>/<gen length>/), write "
+        "OUT_DIR/results.md and results.json (accuracy by task and length; the gains +SFT - base and d1 - +SFT "
+        "per task with a paired bootstrap 95% interval over the same test items), PNG plots (accuracy vs "
+        "length, GRPO reward curves) and index.html with everything embedded (opens offline).",
     ),
 }
+
+#: commands that take --resume (the training stages)
+RESUMABLE = ("base", "pretrain", "sft", "grpo")
 
 
 def _load(ref: str):
@@ -112,18 +134,37 @@ def _load(ref: str):
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from d1.config import load_config
+    """Load the stage's section, run it, write its provenance record (OUT_DIR/provenance.json or --provenance)."""
+    from d1.config import default_section, load_config, read_params
+    from d1.provenance import PROVENANCE_FILE, is_main_process, make_record, utc_now, write_provenance
 
     config_ref, runner_ref, _, _ = STAGES[args.command]
     cls = _load(config_ref)
-    cfg = load_config(cls, args.params, section=args.section, overrides=args.set)
+    section = args.section or default_section(read_params(args.params), cls.SECTION)
+    overrides = list(args.set)
+    for key in ("tasks", "gen_lengths"):  # `d1 report --tasks ... --gen-lengths ...` (DVC passes the graph's axes)
+        if getattr(args, key, None):
+            overrides.append(f"{section}.{key}={json.dumps(getattr(args, key))}")
+    cfg = load_config(cls, args.params, section=section, overrides=overrides)
     runner = _load(runner_ref)
     kwargs = {"resume": True} if getattr(args, "resume", False) else {}
+    started = utc_now()
     result = runner(cfg, **kwargs)
+    if is_main_process():
+        write_provenance(args.provenance or Path(cfg.out_dir) / PROVENANCE_FILE,
+                         make_record(command=args.command, section=section, started_at=started))
     if args.command == "prepare":
         result = {"out_dir": cfg.out_dir,
                   "counts": {t: {s: v["count"] for s, v in e.items()} for t, e in result["tasks"].items()}}
     print(json.dumps(result, default=str))
+    return 0
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from d1.lineage import format_text, lineage
+
+    result = lineage(args.path, args.lock)
+    print(json.dumps(result, indent=2, default=str) if args.json else format_text(result))
     return 0
 
 
@@ -146,14 +187,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_, _, summary, description) in STAGES.items():
         p = sub.add_parser(name, help=summary, description=description + " Settings come from the "
-                           f"`{name}` section of the params file (see params.yaml).")
+                           f"`{name}` section of the active profile of the params file (`<profile>.{name}`, "
+                           "see params.yaml); a provenance record (git commit, flow run, times; --provenance) "
+                           "is written for `d1 lineage`.")
         p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-        p.add_argument("--section", help=f"params section to read (default: {name})")
+        p.add_argument("--section", metavar="DOTTED.PATH",
+                       help=f"params section to read, e.g. tiny.{name} (default: <profile>.{name} when the file "
+                       f"names a profile, else {name})")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"override a param, e.g. --set {name}.seed=1 (repeatable; value parsed as YAML)")
-        if name in ("pretrain", "sft", "grpo"):
+                       help=f"override a param of the section, e.g. --set {name}.seed=1 or --set tiny.{name}.seed=1 "
+                       "(repeatable; value parsed as YAML)")
+        p.add_argument("--provenance", metavar="FILE",
+                       help="where to write the provenance record (default: OUT_DIR/provenance.json; dvc.yaml "
+                       "writes outputs/provenance/<stage>.json so that it stays out of the hashed output folders)")
+        if name in RESUMABLE:
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+        if name == "report":
+            p.add_argument("--tasks", nargs="+", metavar="TASK", help="report these tasks (default: the section's)")
+            p.add_argument("--gen-lengths", "--gen_lengths", dest="gen_lengths", nargs="+", type=int, metavar="N",
+                           help="report these generation lengths (default: the section's)")
         p.set_defaults(func=_cmd_stage)
+
+    p = sub.add_parser(
+        "lineage",
+        help="the stages, params, input hashes, git commit and flow run behind an output",
+        description="Print how PATH (any file or folder inside a stage output: a metrics file, a model, a "
+        "dataset) was produced: the stage, its command, params values and deps with their md5 (from "
+        "dvc.lock), the git commit and Prefect flow-run id of the run (from the stage's provenance.json), "
+        "then the same for every upstream stage, up to data preparation.",
+    )
+    p.add_argument("path", metavar="PATH", help="a file or folder produced by a stage")
+    p.add_argument("--lock", default="dvc.lock", help="the dvc.lock to read (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=_cmd_lineage)
 
     p = sub.add_parser(
         "merge",
@@ -210,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except D1Error as exc:
         print(f"d1 {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `d1 lineage PATH | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 141
     except OSError as exc:  # unwritable output folder, disk full, ...
         print(f"d1 {args.command}: error: {exc}", file=sys.stderr)
         return 1

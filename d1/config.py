@@ -5,6 +5,14 @@ rejects unknown keys and wrongly typed values with a message naming the key
 (``prepare.seed: expected int, got 'x'``), then runs the dataclass's own
 ``validate()``. ``write_resolved`` writes the resolved config next to a
 stage's outputs so every artefact records exactly what produced it.
+
+Profiles: a params file may nest the sections per profile
+(``tiny: {prepare: ..., sft: ...}``) and name the active one at the top
+(``profile: tiny``). A section is then addressed by its dotted path
+(``section="tiny.sft"``); without an explicit section, a stage reads
+``<profile>.<stage>`` when the file has a ``profile`` key and no top-level
+``<stage>`` section. Error messages name the key by its full dotted path
+(``tiny.sft.lr: must be a positive number, got -1.0``).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import types
 import typing
@@ -23,6 +32,9 @@ import yaml
 from d1.errors import ConfigError
 
 C = TypeVar("C")
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _check(value: Any, tp: Any, where: str) -> Any:
@@ -67,6 +79,9 @@ def _check(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string, not a float.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -90,8 +105,21 @@ def from_dict(cls: type[C], data: dict, where: str) -> C:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError as exc:
+            raise ConfigError(_rebase_message(str(exc), getattr(cls, "SECTION", ""), where)) from None
     return obj
+
+
+def _rebase_message(message: str, section: str, where: str) -> str:
+    """``validate()`` names keys from the class's own section (``sft.lr: ...``); name them from
+    where the section was read instead (``tiny.sft.lr: ...``)."""
+    if section and where != section:
+        for sep in (".", ":"):
+            if message.startswith(section + sep):
+                return where + message[len(section):]
+    return message
 
 
 def read_params(path: str | Path) -> dict:
@@ -132,16 +160,62 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
     return params
 
 
+def default_section(params: dict, stage: str) -> str:
+    """``stage`` for a flat params file; ``<profile>.<stage>`` when the file names an active
+    ``profile`` and has no top-level ``stage`` section."""
+    profile = params.get("profile")
+    if stage not in params and isinstance(profile, str) and profile:
+        return f"{profile}.{stage}"
+    return stage
+
+
+def get_section(params: dict, section: str, where: str | Path = "params") -> Any:
+    """The value at dotted path ``section`` (``tiny.sft``); ConfigError naming the missing part."""
+    node: Any = params
+    parts = section.split(".")
+    if any(not part for part in parts):
+        raise ConfigError(f"{where}: bad section name {section!r}")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            missing = ".".join(parts[: depth + 1])
+            extra = "" if missing == section else f" (for section {section!r})"
+            raise ConfigError(f"{where}: no {missing!r} section{extra}")
+        node = node[part]
+    return node
+
+
+def scope_overrides(overrides: list[str], section: str, stage: str) -> list[str]:
+    """Overrides written from the top of the params file (``tiny.sft.lr=1e-4``) or, shorter, from
+    the stage's own section name (``sft.lr=1e-4`` while reading ``tiny.sft``), as full paths.
+
+    An override outside the section being loaded would be silently ignored, so it is an error.
+    """
+    scoped = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or key.startswith(section + "."):  # malformed items are apply_overrides' to report
+            scoped.append(item)
+        elif stage and key.startswith(stage + "."):
+            scoped.append(section + item[len(stage):])
+        else:
+            raise ConfigError(f"override {item!r}: not a key of the section being read, {section!r} "
+                              f"(write {section}.KEY=VALUE)")
+    return scoped
+
+
 def load_config(
     cls: type[C], params_path: str | Path, section: str | None = None, overrides: list[str] | None = None
 ) -> C:
-    """The ``section`` (default: ``cls.SECTION``) of a params file as a validated ``cls``,
-    after applying ``overrides`` (see apply_overrides)."""
-    section = section or getattr(cls, "SECTION")
-    params = apply_overrides(read_params(params_path), list(overrides or []))
-    if section not in params:
-        raise ConfigError(f"{params_path}: no {section!r} section")
-    data = params[section] or {}
+    """The ``section`` of a params file as a validated ``cls``, after applying ``overrides``.
+
+    ``section`` is a dotted path (``tiny.sft``); by default :func:`default_section` of
+    ``cls.SECTION``. Overrides are ``KEY=VALUE`` (see apply_overrides and scope_overrides).
+    """
+    stage = getattr(cls, "SECTION", "")
+    params = read_params(params_path)
+    section = section or default_section(params, stage)
+    params = apply_overrides(params, scope_overrides(list(overrides or []), section, stage))
+    data = get_section(params, section, params_path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{params_path}: section {section!r} is not a mapping")
     return from_dict(cls, data, section)
@@ -151,19 +225,27 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON (sorted keys, trailing newline) via a temp file + rename: never half written."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` via a temp file in the same folder + rename: never half written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON (sorted keys, trailing newline) via a temp file + rename: never half written."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def write_resolved(cfg: Any, out_dir: str | Path, name: str | None = None) -> Path:

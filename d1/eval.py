@@ -7,6 +7,13 @@ and the per-item score added) and, for all settings, ``metrics.json``
 (``{task: {gen_length: {accuracy, correct, total, n}}}``) plus the resolved
 config.
 
+One DVC eval cell is one (model, task, gen_length): ``model_name`` picks the
+model from ``models`` (label -> Hub id or folder, ``{task}`` replaced by the
+task: the d1 model of a task is that task's GRPO model), ``tasks`` and
+``gen_lengths`` hold one value each, and ``generations_dir`` keeps the
+generations apart from ``metrics.json`` (so DVC can track the latter as a
+metric). With the defaults, one run still covers every task and length.
+
 Protocol as d1's ``eval/eval.py``: greedy (temperature 0), block length 32,
 steps = gen_length / 2, low-confidence remasking, the eval prompt of each task
 with the chat template and ``<reasoning>`` prefilled. Deviations: d1 scores a
@@ -43,8 +50,11 @@ class EvalConfig:
 
     model: str = "outputs/sft/model"
     model_name: str = "model"  # label in file names and tables (base, sft, d1, ...)
+    # label -> model ("{task}" is replaced by the task); a model_name found here replaces `model`
+    models: dict[str, str] = field(default_factory=dict)
     data_dir: str = "data"
     out_dir: str = "outputs/eval"
+    generations_dir: str | None = None  # where the generations files go (None: out_dir)
     tasks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "countdown", "sudoku"])
     gen_lengths: list[int] = field(default_factory=lambda: [128, 256, 512])
     block_length: int = 32
@@ -80,11 +90,25 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size: must be positive, got {self.batch_size}")
         if self.temperature < 0:
             raise ConfigError(f"eval.temperature: must be >= 0, got {self.temperature}")
+        # Limits of tasks not evaluated in this run are ignored (a profile's limits cover all its eval cells).
         for name, n in self.limit.items():
-            if name not in self.tasks or n <= 0:
-                raise ConfigError(f"eval.limit.{name}: must name an evaluated task with a positive count, got {n}")
+            if name not in available_tasks() or n <= 0:
+                raise ConfigError(f"eval.limit.{name}: must name a known task with a positive count, got {n}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"eval.dtype: {self.dtype!r} is not auto, float32, bfloat16 or float16")
+        if self.model_name in self.models:
+            self.model = self._model_for_label()
+
+    def _model_for_label(self) -> str:
+        template = self.models[self.model_name]
+        if not template:
+            raise ConfigError(f"eval.models.{self.model_name}: empty")
+        if "{task}" not in template:
+            return template
+        if len(self.tasks) != 1:
+            raise ConfigError(f"eval.models.{self.model_name}: {template!r} depends on the task, so eval.tasks "
+                              f"must hold exactly one task, got {self.tasks}")
+        return template.replace("{task}", self.tasks[0])
 
     def steps_for(self, gen_length: int) -> int:
         return self.steps if self.steps is not None else gen_length // 2
@@ -208,7 +232,8 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
             content, m = evaluate_task(model, tokenizer, task, data[name], cfg=cfg, gen_length=gen_length,
                                        ids=ids, device=device, generator=generator)
-            path = out / generations_filename(name, cfg.model_name, gen_length, cfg.steps_for(gen_length))
+            gen_dir = Path(cfg.generations_dir) if cfg.generations_dir else out
+            path = gen_dir / generations_filename(name, cfg.model_name, gen_length, cfg.steps_for(gen_length))
             write_json_atomic(path, content)
             metrics.setdefault(name, {})[str(gen_length)] = m
     write_resolved(cfg, out)

@@ -34,11 +34,16 @@ class TaskDataConfig:
     """Where one task's splits come from.
 
     train/test: ``builtin`` (the copy shipped in d1/data/benchmarks), ``generate``
-    (train only, Countdown/Sudoku), a local file, ``hf:...`` or ``s3://...``
-    (see d1.data.io.read_records); train may be null (evaluation-only task).
+    (Countdown/Sudoku), a local file, ``hf:...`` or ``s3://...`` (see
+    d1.data.io.read_records); train may be null (evaluation-only task).
+    A generated test set (a held-out set from the training distribution, e.g.
+    for the tiny profile's easier puzzles) is drawn first, with its own seed,
+    and the training set is then generated disjoint from it.
     train_size: number of generated examples, or a cap on loaded rows (first N).
-    test_size: a cap on test rows (first N, as d1 evaluates 256 of 500 Sudoku puzzles).
-    generator: extra options for the task's generator (Countdown: num_numbers).
+    test_size: number of generated test examples (required with test: generate),
+    or a cap on test rows (first N, as d1 evaluates 256 of 500 Sudoku puzzles).
+    generator: extra options for the task's generator (Countdown: num_numbers,
+    number_range, target_range; Sudoku: empty_cells), used for both splits.
     """
 
     train: str | None = BUILTIN
@@ -68,19 +73,18 @@ class PrepareConfig:
                 src = getattr(tc, split)
                 if src == BUILTIN and split not in task.builtin_data:
                     raise ConfigError(f"{where}.{split}: no builtin {split} data for {name}")
-            if tc.test == GENERATE:
-                raise ConfigError(f"{where}.test: test data cannot be generated")
-            if tc.train == GENERATE:
-                if not task.can_generate:
-                    raise ConfigError(f"{where}.train: task {name} cannot generate data")
-                if not tc.train_size:
-                    raise ConfigError(f"{where}.train_size: required with train: generate")
+            for split in ("train", "test"):
+                if getattr(tc, split) == GENERATE:
+                    if not task.can_generate:
+                        raise ConfigError(f"{where}.{split}: task {name} cannot generate data")
+                    if not getattr(tc, f"{split}_size"):
+                        raise ConfigError(f"{where}.{split}_size: required with {split}: generate")
             for key in ("train_size", "test_size"):
                 val = getattr(tc, key)
                 if val is not None and val <= 0:
                     raise ConfigError(f"{where}.{key}: must be positive, got {val}")
-            if tc.generator and tc.train != GENERATE:
-                raise ConfigError(f"{where}.generator: only used with train: generate")
+            if tc.generator and GENERATE not in (tc.train, tc.test):
+                raise ConfigError(f"{where}.generator: only used with train: generate or test: generate")
 
 
 def builtin_path(relative: str) -> Path:
@@ -113,8 +117,14 @@ def _build_splits(cfg: PrepareConfig, name: str) -> dict[str, tuple[list[Example
     """{split: (examples, source description)} for one task; nothing is written."""
     tc = cfg.tasks[name]
     task = get_task(name)
-    test = _load_split(task, tc.test, "test", tc.test_size)
-    splits: dict[str, tuple[list[Example], str]] = {"test": (test, tc.test)}
+    if tc.test == GENERATE:
+        seed = _task_seed(cfg.seed, f"{name}:test")
+        test = task.generate(tc.test_size, seed=seed, exclude=[], **tc.generator)
+        splits: dict[str, tuple[list[Example], str]] = {
+            "test": (test, f"generated(seed={cfg.seed}:test, {json.dumps(tc.generator, sort_keys=True)})")}
+    else:
+        test = _load_split(task, tc.test, "test", tc.test_size)
+        splits = {"test": (test, tc.test)}
     if tc.train == GENERATE:
         train = task.generate(tc.train_size, seed=_task_seed(cfg.seed, name), exclude=test, **tc.generator)
         splits["train"] = (train, f"generated(seed={cfg.seed}, {json.dumps(tc.generator, sort_keys=True)})")

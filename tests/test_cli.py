@@ -11,7 +11,8 @@ import pytest
 
 from d1.cli import build_parser, main
 
-COMMANDS = ["prepare", "pretrain", "sft", "grpo", "eval", "merge", "score", "score-dir", "reward"]
+COMMANDS = ["prepare", "base", "pretrain", "sft", "grpo", "eval", "report", "merge", "score", "score-dir", "reward",
+            "lineage"]
 
 
 def run_main(capsys, *argv):
@@ -113,3 +114,42 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "x.json" in proc.stderr
     proc = subprocess.run([exe, "reward", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "components" in proc.stdout
+
+
+def _profiled_params(tmp_path):
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    task = {"countdown": {"train": "generate", "train_size": 8, "test_size": 2}}
+    params.write_text(yaml.safe_dump({"profile": "small", "small": {"prepare": {"out_dir": str(tmp_path / "d"), "tasks": task}},
+                                      "other": {"prepare": {"out_dir": str(tmp_path / "e"), "tasks": task}}}))
+    return params
+
+
+def test_stage_reads_the_profile_and_records_provenance(capsys, tmp_path, monkeypatch):
+    params = _profiled_params(tmp_path)
+    monkeypatch.setenv("D1_DVC_STAGE", "prepare")
+    monkeypatch.setenv("D1_FLOW_RUN_ID", "0f1e2d")
+    monkeypatch.delenv("D1_TASK_RUN_ID", raising=False)
+    rc, out, err = run_main(capsys, "prepare", "--params", str(params), "--set", "prepare.tasks.countdown.train_size=5")
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["counts"] == {"countdown": {"train": 5, "test": 2}}
+    prov = json.loads((tmp_path / "d" / "provenance.json").read_text())
+    assert (prov["stage"], prov["section"], prov["command"]) == ("prepare", "small.prepare", "prepare")
+    assert prov["flow_run_id"] == "0f1e2d" and prov["task_run_id"] is None and prov["finished_at"] >= prov["started_at"]
+    rc, out, err = run_main(capsys, "prepare", "--params", str(params), "--section", "other.prepare",
+                            "--provenance", str(tmp_path / "prov" / "prepare.json"))
+    assert rc == 0, err
+    assert json.loads((tmp_path / "prov" / "prepare.json").read_text())["section"] == "other.prepare"
+    assert not (tmp_path / "e" / "provenance.json").exists()  # kept out of the output folder
+
+
+def test_bad_section_and_override_are_one_line(capsys, tmp_path):
+    params = _profiled_params(tmp_path)
+    rc, out, err = run_main(capsys, "prepare", "--params", str(params), "--section", "nope.prepare")
+    _single_line_error(rc, out, err, "no 'nope' section")
+    rc, out, err = run_main(capsys, "prepare", "--params", str(params), "--set", "other.prepare.seed=1")
+    _single_line_error(rc, out, err, "not a key of the section being read, 'small.prepare'")
+    rc, out, err = run_main(capsys, "prepare", "--params", str(params), "--set", "prepare.seed=x")
+    _single_line_error(rc, out, err, "small.prepare.seed: expected an integer, got 'x'")
+    assert not (tmp_path / "d").exists()  # nothing ran, no provenance

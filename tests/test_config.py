@@ -6,7 +6,16 @@ from typing import ClassVar
 
 import pytest
 
-from d1.config import from_dict, load_config, write_resolved
+from d1.config import (
+    default_section,
+    from_dict,
+    get_section,
+    load_config,
+    scope_overrides,
+    write_bytes_atomic,
+    write_resolved,
+    write_text_atomic,
+)
 from d1.errors import ConfigError
 
 
@@ -86,3 +95,79 @@ def test_overrides(tmp_path):
         load_config(Demo, params, overrides=["demo.steps.x=1"])
     with pytest.raises(ConfigError, match="demo: unknown key 'stepz'"):
         load_config(Demo, params, overrides=["demo.stepz=1"])
+
+
+def test_yaml11_exponent_strings_are_numbers_for_float_fields():
+    # PyYAML reads 1e-4 (no dot) as a string; a float field must still accept it, and only numbers.
+    from d1.train import SFTConfig
+
+    assert from_dict(SFTConfig, {"lr": "1e-4"}, "sft").lr == 1e-4
+    assert from_dict(SFTConfig, {"lr": "2.5E-3"}, "sft").lr == 0.0025
+    with pytest.raises(ConfigError, match="sft.lr: expected a number, got '1e-4x'"):
+        from_dict(SFTConfig, {"lr": "1e-4x"}, "sft")
+
+
+PROFILED = """\
+profile: tiny
+tiny:
+  demo: {steps: 3}
+  nested:
+    demo: {steps: 4}
+micro:
+  demo: {steps: 1}
+"""
+
+
+def test_dotted_sections_and_the_active_profile(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(PROFILED)
+    assert load_config(Demo, params).steps == 3  # default: <profile>.demo
+    assert load_config(Demo, params, section="micro.demo").steps == 1
+    assert load_config(Demo, params, section="tiny.nested.demo").steps == 4
+    with pytest.raises(ConfigError, match="no 'micro.nested' section \\(for section 'micro.nested.demo'\\)"):
+        load_config(Demo, params, section="micro.nested.demo")
+    with pytest.raises(ConfigError, match="bad section name 'tiny..demo'"):
+        load_config(Demo, params, section="tiny..demo")
+
+
+def test_default_section():
+    assert default_section({"profile": "tiny", "tiny": {}}, "sft") == "tiny.sft"
+    assert default_section({"sft": {}}, "sft") == "sft"
+    assert default_section({"profile": "tiny", "sft": {}}, "sft") == "sft"  # a flat section wins
+    assert get_section({"a": {"b": {"c": 1}}}, "a.b") == {"c": 1}
+
+
+def test_overrides_are_scoped_to_the_section(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(PROFILED)
+    # full path, or short from the stage's name
+    assert load_config(Demo, params, overrides=["tiny.demo.steps=7"]).steps == 7
+    assert load_config(Demo, params, overrides=["demo.steps=8"]).steps == 8
+    assert load_config(Demo, params, section="micro.demo", overrides=["demo.steps=9"]).steps == 9
+    # an override that would land outside the section read is an error, not silently ignored
+    with pytest.raises(ConfigError, match="override 'micro.demo.steps=2': not a key of the section being read, 'tiny.demo'"):
+        load_config(Demo, params, overrides=["micro.demo.steps=2"])
+    assert scope_overrides(["x.y=1"], "x", "x") == ["x.y=1"]
+    assert scope_overrides(["sft.lr=1", "tiny.sft.seed=2"], "tiny.sft", "sft") == ["tiny.sft.lr=1", "tiny.sft.seed=2"]
+
+
+def test_errors_name_the_dotted_path(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(PROFILED)
+    with pytest.raises(ConfigError) as exc:  # a type error found while reading
+        load_config(Demo, params, overrides=["demo.steps=ten"])
+    assert str(exc.value).startswith("tiny.demo.steps: expected an integer")
+    with pytest.raises(ConfigError) as exc:  # a value error raised by validate() in the class's own words
+        load_config(Demo, params, overrides=["demo.steps=0"])
+    assert str(exc.value) == "tiny.demo.steps: must be positive, got 0"
+    with pytest.raises(ConfigError) as exc:
+        load_config(Demo, params, section="tiny.nested.demo", overrides=["demo.steps=-1"])
+    assert str(exc.value) == "tiny.nested.demo.steps: must be positive, got -1"
+
+
+def test_atomic_writers_leave_no_temp_files(tmp_path):
+    write_text_atomic(tmp_path / "sub" / "a.txt", "hello")
+    write_bytes_atomic(tmp_path / "sub" / "b.bin", b"\x00\x01")
+    assert (tmp_path / "sub" / "a.txt").read_text() == "hello"
+    assert (tmp_path / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["a.txt", "b.bin"]

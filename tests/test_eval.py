@@ -89,7 +89,10 @@ def test_eval_is_deterministic_and_adapter_folders_load(tiny_setup, tmp_path):
     ({"steps": 3, "gen_lengths": [16]}, "eval.steps: 3 steps do not split evenly"),
     ({"tasks": ["chess"]}, "eval.tasks: unknown task 'chess'"),
     ({"remasking": "top"}, "eval.remasking: 'top'"),
-    ({"limit": {"gsm8k": 3}}, "eval.limit.gsm8k"),
+    ({"limit": {"chess": 3}}, "eval.limit.chess: must name a known task"),
+    ({"limit": {"countdown": 0}}, "eval.limit.countdown: must name a known task with a positive count, got 0"),
+    ({"models": {"d1": "runs/{task}/model"}, "model_name": "d1"}, "eval.models.d1: 'runs/{task}/model' depends on the task"),
+    ({"models": {"d1": ""}, "model_name": "d1"}, "eval.models.d1: empty"),
 ])
 def test_bad_config_names_the_value(tiny_setup, values, message):
     root, data, model_dir, _, _ = tiny_setup
@@ -108,3 +111,24 @@ def test_helpers():
 
     assert decode_completion(Tok(), [4, 1, 1, 1], eos_id=1) == "4,1"
     assert decode_completion(Tok(), [4, 4], eos_id=1) == "4,4"
+
+
+def test_one_cell_per_model_label(tiny_setup, tmp_path):
+    """A DVC eval cell: the label picks the model (per task), generations go apart from metrics.json,
+    and a limit of a task not evaluated here is ignored."""
+    root, data, model_dir, _, _ = tiny_setup
+    models = {"base": str(model_dir), "d1": str(tmp_path / "d1" / "{task}" / "model")}
+    cfg = _cfg(root, data, tmp_path / "unused", models=models, model_name="d1", tasks=["countdown"], gen_lengths=[8],
+               limit={"countdown": 2, "gsm8k": 5})
+    assert cfg.model == str(tmp_path / "d1" / "countdown" / "model")
+    cfg = _cfg(root, data, tmp_path / "unused", models=models, model_name="base", tasks=["countdown"], gen_lengths=[8],
+               limit={"countdown": 2, "gsm8k": 5}, out_dir=str(tmp_path / "cell"),
+               generations_dir=str(tmp_path / "cell" / "generations"))
+    assert cfg.model == str(model_dir)
+    metrics = run_eval(cfg)
+    assert metrics["countdown"]["8"]["n"] == 2
+    assert sorted(p.name for p in (tmp_path / "cell").iterdir()) == ["eval_config.json", "generations", "metrics.json"]
+    assert [p.name for p in (tmp_path / "cell" / "generations").iterdir()] == ["countdown_base_8_4_0_generations.json"]
+    assert json.loads((tmp_path / "cell" / "eval_config.json").read_text())["model"] == str(model_dir)
+    # a label not in `models` keeps `model` (the multi-task default of `d1 eval`)
+    assert _cfg(root, data, model_dir, models=models, model_name="tiny").model == str(model_dir)

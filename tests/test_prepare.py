@@ -134,3 +134,22 @@ def test_cli_prepare(tmp_path, capsys):
     assert main(["prepare", "--params", str(params), "--set", "prepare.tasks.countdown.train_size=12"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["counts"] == {"countdown": {"train": 12, "test": 256}}
+
+
+def test_generated_test_split_is_held_out_from_generated_train(tmp_path):
+    gen = {"num_numbers": 3, "number_range": [1, 20], "target_range": [1, 100]}
+    cfg = from_dict(PrepareConfig, {"out_dir": str(tmp_path / "d"), "seed": 3, "tasks": {
+        "countdown": {"train": "generate", "train_size": 300, "test": "generate", "test_size": 50, "generator": gen},
+        "sudoku": {"train": "generate", "train_size": 100, "test": "generate", "test_size": 40}}}, "prepare")
+    manifest = prepare(cfg)
+    assert manifest["tasks"]["countdown"]["test"]["count"] == 50 and manifest["tasks"]["sudoku"]["test"]["count"] == 40
+    assert "generated" in manifest["tasks"]["countdown"]["test"]["source"]
+    for task in ("countdown", "sudoku"):
+        test, train = read_split(cfg.out_dir, task, "test"), read_split(cfg.out_dir, task, "train")
+        assert not {ex.question for ex in test} & {ex.question for ex in train}
+    test = read_split(cfg.out_dir, "countdown", "test")
+    assert all(1 <= n <= 20 for ex in test for n in ex.ground_truth[0])  # the generator options apply to test too
+    with pytest.raises(ConfigError, match="test_size: required with test: generate"):
+        from_dict(PrepareConfig, {"tasks": {"countdown": {"train": None, "test": "generate"}}}, "prepare")
+    with pytest.raises(ConfigError, match="gsm8k.test: task gsm8k cannot generate data"):
+        from_dict(PrepareConfig, {"tasks": {"gsm8k": {"test": "generate", "test_size": 5}}}, "prepare")

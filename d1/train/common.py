@@ -1,4 +1,4 @@
-"""What every training stage shares: accelerate set-up, seeds, optimiser, checkpoints, logging.
+"""What every training stage shares: accelerate set-up, seeds, optimiser, model loading, small helpers.
 
 Randomness. Every random draw of a run is a pure function of ``cfg.seed`` and
 the position in the run (step, micro-batch, process): :func:`derive_seed`
@@ -12,31 +12,16 @@ library code never reseeds the caller's RNG. (Checkpoints still store the
 global RNG states of every process and restore them on resume, for any code
 outside these loops that draws from them.)
 
-Checkpoint layout (``<out_dir>/checkpoints/step-N``, written to a temporary
-folder and renamed, so a kill while saving leaves no half checkpoint)::
-
-    model/               save_pretrained: the LoRA adapter, or the full model, + tokenizer
-    optimizer.pt         optimiser state (AdamW moments, step counts)
-    scheduler.pt         learning-rate scheduler state
-    trainer_state.json   {"global_step", "stage", "config"} (+ stage extras)
-    rng_state_<rank>.pt  torch / CUDA / python / numpy RNG states of each process
-    <stage extras>       e.g. GRPO's rollouts_<rank>.pt when saved mid-round
-
-Only the last ``save_total_limit`` checkpoints are kept.
+Checkpoints: :mod:`d1.train.checkpoints`; metrics: :mod:`d1.train.metrics`;
+the run object every loop uses: :mod:`d1.train.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import hashlib
-import json
 import logging
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,17 +29,11 @@ from typing import Any
 
 import torch
 
-from d1.config import to_dict, write_json_atomic
 from d1.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-STEP_PREFIX = "step-"
 MODEL_DIR = "model"
-#: config keys that may change between a run and its resumption (they do not change the trajectory)
-RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps",
-                               "out_dir", "logging_dir", "merge_adapter"})
 
 #: called after every optimiser step with (global_step, metrics of that step); may raise to stop the run
 StepCallback = Callable[[int, dict], None]
@@ -295,238 +274,6 @@ def _tied_parameter_names(model: torch.nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_root(out_dir: str | Path) -> Path:
-    return Path(out_dir) / CHECKPOINTS
-
-
-def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints ``(step, path)`` in step order (temporary folders are ignored)."""
-    root = checkpoint_root(out_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        name = path.name
-        if path.is_dir() and name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX):].isdigit():
-            if (path / "trainer_state.json").is_file():
-                found.append((int(name[len(STEP_PREFIX):]), path))
-    return sorted(found)
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    found = list_checkpoints(out_dir)
-    return found[-1][1] if found else None
-
-
-def check_resumable(cfg: Any, saved: dict) -> None:
-    """ConfigError naming the keys whose change would make the resumed run differ from the saved one."""
-    now = to_dict(cfg)
-    changed = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise ConfigError(f"{cfg.SECTION}: cannot resume, the config changed since the checkpoint ({detail}); "
-                          "start a fresh run or restore the old values")
-
-
-def _rng_states() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # pragma: no cover
-        pass
-    return state
-
-
-def _restore_rng_states(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy as np
-
-        np.random.set_state(state["numpy"])
-
-
-@dataclasses.dataclass
-class ResumeState:
-    step: int
-    path: Path
-    trainer_state: dict
-
-
-class Checkpointer:
-    """Save, find, restore and prune checkpoints of one run (see the module docstring)."""
-
-    def __init__(self, cfg: Any, accelerator: Any, stage: str):
-        self.cfg = cfg
-        self.accelerator = accelerator
-        self.stage = stage
-        self.root = checkpoint_root(cfg.out_dir)
-
-    def save(self, step: int, *, model: torch.nn.Module, tokenizer: Any, optimizer: Any, scheduler: Any,
-             extra_state: dict | None = None, extra_files: dict[str, Any] | None = None) -> Path:
-        """Write ``step-N``; ``extra_files`` are per-process objects saved as ``<name>_<rank>.pt``."""
-        acc = self.accelerator
-        final = self.root / f"{STEP_PREFIX}{step}"
-        tmp = self.root / f".{STEP_PREFIX}{step}.tmp"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_model_dir(acc.unwrap_model(model), tokenizer, tmp / MODEL_DIR)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        acc.wait_for_everyone()
-        rank = acc.process_index
-        torch.save(_rng_states(), tmp / f"rng_state_{rank}.pt")
-        for name, obj in (extra_files or {}).items():
-            torch.save(obj, tmp / f"{name}_{rank}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {"global_step": step, "stage": self.stage, "num_processes": acc.num_processes,
-                     "config": to_dict(self.cfg), **(extra_state or {})}
-            write_json_atomic(tmp / "trainer_state.json", state)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            self.prune()
-        acc.wait_for_everyone()
-        return final
-
-    def prune(self) -> None:
-        limit = self.cfg.save_total_limit
-        if limit is None:
-            return
-        for _, path in list_checkpoints(self.cfg.out_dir)[:-limit]:
-            shutil.rmtree(path, ignore_errors=True)
-
-    def clear(self) -> None:
-        """Remove the checkpoints of an earlier run (a fresh run must not resume into them later)."""
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process and self.root.exists():
-            shutil.rmtree(self.root)
-        self.accelerator.wait_for_everyone()
-
-    def find(self) -> ResumeState | None:
-        path = latest_checkpoint(self.cfg.out_dir)
-        if path is None:
-            return None
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        if state.get("stage") != self.stage:
-            raise ConfigError(f"{path}: a {state.get('stage')!r} checkpoint, not {self.stage!r}")
-        if state.get("num_processes") != self.accelerator.num_processes:
-            raise ConfigError(f"{path}: saved by {state.get('num_processes')} processes, resumed with "
-                              f"{self.accelerator.num_processes}; resume with the same number")
-        check_resumable(self.cfg, state.get("config", {}))
-        return ResumeState(step=int(state["global_step"]), path=path, trainer_state=state)
-
-    def restore(self, resume: ResumeState, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
-        """Load weights, optimiser, scheduler and this process's RNG states from ``resume``."""
-        path = resume.path
-        load_trainable_state(self.accelerator.unwrap_model(model), path / MODEL_DIR)
-        # The optimiser moves its state to each parameter's device itself.
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        rng_file = path / f"rng_state_{self.accelerator.process_index}.pt"
-        if rng_file.is_file():
-            _restore_rng_states(torch.load(rng_file, weights_only=False))
-
-    def load_extra(self, resume: ResumeState, name: str) -> Any | None:
-        f = resume.path / f"{name}_{self.accelerator.process_index}.pt"
-        device = self.accelerator.device
-        # "cpu:0" (what accelerate reports in multi-CPU runs) is not a valid map_location.
-        map_location = "cpu" if device.type == "cpu" else device
-        return torch.load(f, map_location=map_location, weights_only=False) if f.is_file() else None
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-class MetricsLogger:
-    """dvclive metrics of the main process (no-op elsewhere).
-
-    Written to ``cfg.dvclive_dir``: ``metrics.json`` (the last values, for
-    ``dvc exp show`` / ``dvc metrics``) and ``plots/metrics/**.tsv`` (one row per
-    logged step, for ``dvc plots``). dvclive is told not to touch ``dvc.yaml``
-    nor to make experiments: the stage graph declares these files. On resume
-    from step N, rows after N (logged by the interrupted run after its last
-    checkpoint) are dropped first so every step appears once.
-    """
-
-    def __init__(self, cfg: Any, accelerator: Any, *, resume_step: int | None):
-        self.enabled = accelerator.is_main_process
-        self.live = None
-        self.last: dict[str, float] = {}
-        if not self.enabled:
-            return
-        from dvclive import Live
-
-        directory = Path(cfg.dvclive_dir)
-        if resume_step is None:
-            shutil.rmtree(directory, ignore_errors=True)
-        else:
-            _truncate_tsv_after(directory / "plots" / "metrics", resume_step)
-            summary = directory / "metrics.json"
-            if summary.is_file():  # a resumed run that has nothing left to do still reports its metrics
-                self.last = _flatten(json.loads(summary.read_text(encoding="utf-8")))
-                self.last.pop("step", None)
-        self.live = Live(dir=str(directory), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=None,
-                         report=None)
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled or self.live is None:
-            return
-        self.live.step = step
-        for name, value in metrics.items():
-            if value is not None and math.isfinite(float(value)):
-                self.live.log_metric(name, float(value))
-        self.live.make_summary()
-        self.last = dict(metrics)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
-            self.live = None
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """dvclive's nested summary ({"train": {"loss": 1.0}}) -> {"train/loss": 1.0}."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}/"))
-        else:
-            out[name] = value
-    return out
-
-
-def _truncate_tsv_after(directory: Path, step: int) -> None:
-    if not directory.is_dir():
-        return
-    for path in directory.rglob("*.tsv"):
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-        if not rows:
-            continue
-        header, body = rows[0], rows[1:]
-        col = header.index("step") if "step" in header else None
-        if col is None:
-            continue
-        kept = [r for r in body if r and int(float(r[col])) <= step]
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(kept)
-
-
 # ----------------------------------------------------------------------------- small helpers
 
 
@@ -576,108 +323,3 @@ def write_run_config(cfg: Any, accelerator: Any) -> None:
 
     if accelerator.is_main_process:
         write_resolved(cfg, cfg.out_dir)
-
-
-# ----------------------------------------------------------------------------- one run
-
-
-class TrainingRun:
-    """The pieces every training loop shares, in the order a loop uses them.
-
-    ``run = TrainingRun(cfg, "sft", resume=...)`` makes the Accelerator and finds
-    the checkpoint to resume from (a fresh run deletes old checkpoints);
-    ``run.setup(model, total_steps)`` builds optimiser and scheduler, prepares
-    them with accelerate, restores the checkpoint and opens the metrics log, and
-    returns the step to start from. Then per optimiser step: ``micro_step``
-    contexts around each micro-batch, :meth:`optimizer_step` after its backward,
-    :meth:`end_step` (log, callbacks, checkpoint). :meth:`finish` closes the log.
-    """
-
-    def __init__(self, cfg: Any, stage: str, *, resume: bool):
-        self.cfg = cfg
-        self.stage = stage
-        self.accelerator = build_accelerator(cfg)
-        self.device = self.accelerator.device
-        self.rank = self.accelerator.process_index
-        self.num_processes = self.accelerator.num_processes
-        self.checkpointer = Checkpointer(cfg, self.accelerator, stage)
-        self.resume_state = self.checkpointer.find() if resume else None
-        if resume and self.resume_state is None:
-            log.info("%s: no checkpoint in %s; starting from scratch", stage, checkpoint_root(cfg.out_dir))
-        if self.resume_state is None:
-            self.checkpointer.clear()
-        self.model = self.optimizer = self.scheduler = self.logger = None
-        self.total_steps = 0
-        self.grad_norm: float | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def setup(self, model: torch.nn.Module, total_steps: int) -> int:
-        cfg = self.cfg
-        self.total_steps = total_steps
-        optimizer = build_optimizer(model, cfg)
-        self.scheduler = build_scheduler(optimizer, cfg, total_steps)
-        # The scheduler is stepped by hand once per optimiser step (accelerate's prepared scheduler
-        # would step once per process).
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        start = 0
-        if self.resume_state is not None:
-            self.checkpointer.restore(self.resume_state, model=self.model, optimizer=self.optimizer,
-                                      scheduler=self.scheduler)
-            start = self.resume_state.step
-        self.logger = MetricsLogger(cfg, self.accelerator, resume_step=start if self.resume_state else None)
-        write_run_config(cfg, self.accelerator)
-        return start
-
-    @property
-    def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
-
-    @contextlib.contextmanager
-    def micro_step(self, step: int, micro: int) -> Iterator[None]:
-        """Gradient accumulation (no DDP sync before the last micro-batch), autocast and seeded dropout."""
-        seed = derive_seed(self.cfg.seed, self.stage, "dropout", step, micro, self.rank)
-        with self.accelerator.accumulate(self.model), scoped_rng(seed, self.device):
-            with self.accelerator.autocast():
-                yield
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
-
-    def optimizer_step(self) -> None:
-        """Call inside :meth:`micro_step` after backward: clip + step on the last micro-batch only."""
-        acc = self.accelerator
-        if acc.sync_gradients:
-            max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-            norm = acc.clip_grad_norm_(trainable_parameters(self.model), max_norm)
-            self.grad_norm = float(norm) if norm is not None else None
-        self.optimizer.step()
-        if acc.sync_gradients and not acc.optimizer_step_was_skipped:  # fp16 overflow skips the step
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    @property
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
-
-    def end_step(self, step: int, metrics: dict, *, tokenizer: Any, callbacks: Sequence[StepCallback] = (),
-                 extra_state: dict | None = None, extra_files: Callable[[], dict] | None = None) -> None:
-        """After optimiser step ``step`` (0-based) is done: log, call back, checkpoint at multiples of save_steps."""
-        done = step + 1
-        if done % self.cfg.logging_steps == 0 or done == self.total_steps:
-            self.logger.log(done, metrics)
-        for callback in callbacks:
-            callback(done, metrics)
-        if self.cfg.save_steps and (done % self.cfg.save_steps == 0 or done == self.total_steps):
-            self.checkpointer.save(done, model=self.model, tokenizer=tokenizer, optimizer=self.optimizer,
-                                   scheduler=self.scheduler, extra_state=extra_state,
-                                   extra_files=extra_files() if extra_files else None)
-
-    def finish(self) -> dict:
-        self.accelerator.wait_for_everyone()
-        last = dict(self.logger.last) if self.logger else {}
-        if self.logger:
-            self.logger.close()
-        return last

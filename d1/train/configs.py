@@ -40,7 +40,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 REMASKING = ("low_confidence", "random")
 GRPO_LOSS_NORMALIZATION = ("d1", "batch")
-DOCUMENT_FORMATS = ("plain", "chat")
+DOCUMENT_FORMATS = ("plain", "chat", "bare")
 
 LLADA_INSTRUCT = "GSAI-ML/LLaDA-8B-Instruct"
 
@@ -178,7 +178,8 @@ class PretrainConfig(TrainConfigBase):
     The corpus is the prepared train split of every task in ``tasks``: one
     document per example (``document_format``: ``plain`` = the task's user turn,
     a blank line and the worked solution; ``chat`` = the same as a chat-templated
-    conversation). The tokenizer (``tokenizer_vocab_size``) is trained on that
+    conversation; ``bare`` = the question without instructions, a blank line and
+    the solution). The tokenizer (``tokenizer_vocab_size``) is trained on that
     corpus first; documents are joined with EOS and packed into ``seq_len``-token
     rows; every token is maskable (LLaDA pre-training).
     """
@@ -189,9 +190,11 @@ class PretrainConfig(TrainConfigBase):
     tasks: list[str] = field(default_factory=lambda: ["countdown", "sudoku", "gsm8k"])
     out_dir: str = "outputs/pretrain"
     document_format: str = "plain"
+    extra_documents: list[str] = field(default_factory=list)  # .txt (a document per line) or records with "text"
     tokenizer_vocab_size: int = 1024
     tokenizer_min_frequency: int = 2
     tokenizer_split_words: bool = True  # false: merges may span words (d1.models.tokenizer.train_tokenizer)
+    tokenizer_number_digits: int = 1  # 1: every digit a token; 3: numbers < 1000 may be one token
     # Tiny LLaDA architecture (LLaDA config field names; d1.models.llada.tiny_llada_config's sizes).
     d_model: int = 128
     n_layers: int = 4
@@ -224,6 +227,7 @@ class PretrainConfig(TrainConfigBase):
             _fail(f"{s}.tokenizer_vocab_size", f"must be >= 262 (256 bytes + 6 special tokens), "
                   f"got {self.tokenizer_vocab_size}")
         _positive(s, "tokenizer_min_frequency", self.tokenizer_min_frequency)
+        _positive(s, "tokenizer_number_digits", self.tokenizer_number_digits)
         for key in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "max_sequence_length", "seq_len"):
             _positive(s, key, getattr(self, key))
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:

@@ -69,7 +69,6 @@ from d1.generation import generate
 from d1.train.common import (
     StepCallback,
     StepTimer,
-    TrainingRun,
     count_parameters,
     left_pad,
     load_base_model,
@@ -80,6 +79,7 @@ from d1.train.common import (
     reduce_mean,
     reduce_sum,
 )
+from d1.train.run import TrainingRun
 from d1.train.configs import GRPOConfig
 from d1.train.sft import prompt_text, save_final
 

@@ -8,12 +8,18 @@ with a worked solution:
   with its format instructions), a blank line, then the worked solution
   (``<reasoning>...</reasoning>\\n<answer>...</answer>``);
 * ``document_format: chat``: the same as a chat-templated conversation (user
-  turn, assistant header, solution, end of turn).
+  turn, assistant header, solution, end of turn);
+* ``document_format: bare``: the question alone (e.g. ``Numbers: [3, 5, 2]``,
+  ``Target: 16``), a blank line, the worked solution: no instruction text.
 
 ``plain`` teaches the tasks' language without the chat protocol, which SFT
 then adds (prompt conditioning, end of turn, EOS padding); ``chat`` makes
-pre-training nearly the SFT data with every token maskable. No test split
-is read.
+pre-training nearly the SFT data with every token maskable; ``bare`` spends
+the whole pre-training budget on the task content (the constant d1
+instruction is most of a Countdown prompt: ~3x more examples per second), and
+SFT then teaches the instruction and the chat protocol. No test split
+is read. ``extra_documents`` adds documents from files (e.g. arithmetic facts:
+the Countdown learning benchmark adds the equations its worked solutions use).
 
 Order of work: train the tokenizer on the corpus (:mod:`d1.models.tokenizer`,
 ``tokenizer_vocab_size``), build the tiny model for it (mask/EOS/pad ids from
@@ -36,7 +42,8 @@ from typing import Any
 import torch
 
 from d1.errors import DataError
-from d1.train.common import MODEL_DIR, StepCallback, TrainingRun, count_parameters, make_generator, prepare_trainable
+from d1.train.common import MODEL_DIR, StepCallback, count_parameters, make_generator, prepare_trainable
+from d1.train.run import TrainingRun
 from d1.train.configs import PretrainConfig
 from d1.train.sft import TokenRows, save_final, train_masked_diffusion
 
@@ -60,10 +67,37 @@ def pretrain_documents(data_dir: str, task_names: Sequence[str], *, document_for
             if document_format == "chat":
                 conversation = task.messages(ex) + [{"role": "assistant", "content": ex.solution}]
                 docs.append(tokenizer.apply_chat_template(conversation, tokenize=False))
+            elif document_format == "bare":
+                docs.append(f"{ex.question}\n\n{ex.solution}")
             else:
                 docs.append(f"{task.user_message(ex)}\n\n{ex.solution}")
         if len(docs) == before:
             raise DataError(f"pretrain: task {name!r} has no example with a worked solution in {data_dir}")
+    return docs
+
+
+def extra_documents(paths: Sequence[str]) -> list[str]:
+    """Documents from ``extra_documents`` files: each non-empty line of a ``.txt``
+    file, or the ``text`` field of each record of a jsonl/json/csv/parquet file."""
+    from d1.data.io import read_records
+
+    docs: list[str] = []
+    for path in paths:
+        if str(path).endswith(".txt"):
+            file = Path(path)
+            if not file.is_file():
+                raise DataError(f"pretrain.extra_documents: no such file {path!r}")
+            found = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            found = []
+            for i, record in enumerate(read_records(path)):
+                text = record.get("text")
+                if not isinstance(text, str):
+                    raise DataError(f"pretrain.extra_documents: {path} record {i} has no string 'text' field")
+                found.append(text)
+        if not found:
+            raise DataError(f"pretrain.extra_documents: {path} holds no document")
+        docs.extend(found)
     return docs
 
 
@@ -102,17 +136,19 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, callbacks: Sequen
     from d1.models.loading import load_tokenizer, token_ids
     from d1.models.tokenizer import task_corpus, train_tokenizer
 
+    extra = extra_documents(cfg.extra_documents)
     run = TrainingRun(cfg, "pretrain", resume=resume)
     if run.resume_state is not None:
         tokenizer = load_tokenizer(run.resume_state.path / MODEL_DIR)
     else:
         # The tokenizer sees the train splits' prompts (training and evaluation wording) and solutions.
-        texts = task_corpus(cfg.data_dir, cfg.tasks, limit_per_task=cfg.max_examples)
+        texts = task_corpus(cfg.data_dir, cfg.tasks, limit_per_task=cfg.max_examples) + extra
         tokenizer = train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size,
                                     min_frequency=cfg.tokenizer_min_frequency,
-                                    split_words=cfg.tokenizer_split_words)
+                                    split_words=cfg.tokenizer_split_words,
+                                    number_digits=cfg.tokenizer_number_digits)
     docs = pretrain_documents(cfg.data_dir, cfg.tasks, document_format=cfg.document_format,
-                              max_examples=cfg.max_examples, tokenizer=tokenizer)
+                              max_examples=cfg.max_examples, tokenizer=tokenizer) + extra
     model = build_tiny_model(cfg, tokenizer).to(run.device)
     ids = token_ids(model, tokenizer)
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]

@@ -42,7 +42,6 @@ from d1.train.common import (
     MODEL_DIR,
     StepCallback,
     StepTimer,
-    TrainingRun,
     progress_bar,
     count_parameters,
     is_peft,
@@ -54,6 +53,7 @@ from d1.train.common import (
     resolve_model_dtype,
     save_model_dir,
 )
+from d1.train.run import TrainingRun
 from d1.train.configs import SFTConfig
 
 

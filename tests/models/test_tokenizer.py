@@ -74,6 +74,19 @@ def test_merges_across_words_compress_recurring_text_further(tiny_tokenizer):
     assert [t for t in spanning if any(c.isdigit() for c in t)] == ["1", "2", "3", "0", "4", "2"]
 
 
+def test_number_digits_make_whole_number_tokens_but_keep_long_runs_digitwise():
+    corpus = small_corpus() + [f"{a} * {b} = {a * b}" for a in range(1, 30) for b in range(1, 30)] * 2
+    corpus += ["Solve: 3020000003120204 -> 3421214343121234"] * 20
+    tok = train_tokenizer(corpus, vocab_size=1024, number_digits=3)
+    assert tok.tokenize("7 * 13 = 91") == ["7", "Ġ*", "Ġ", "13", "Ġ=", "Ġ", "91"]
+    # A run longer than 3 digits (a Sudoku grid) stays one token per digit, however frequent.
+    assert [t for t in tok.tokenize("3020000003120204") if t != "Ġ"] == list("3020000003120204")
+    single = train_tokenizer(corpus, vocab_size=1024)  # the default: one digit per token
+    assert [t for t in single.tokenize("7 * 13 = 91") if t.isdigit()] == ["7", "1", "3", "9", "1"]
+    with pytest.raises(ConfigError, match="number_digits=0"):
+        train_tokenizer(corpus, vocab_size=1024, number_digits=0)
+
+
 def test_training_is_deterministic():
     a = train_tokenizer(small_corpus(), vocab_size=512)
     b = train_tokenizer(small_corpus(), vocab_size=512)

@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from d1.errors import ConfigError
+from d1.train.checkpoints import check_resumable, list_checkpoints
 from d1.train.common import (
-    _truncate_tsv_after,
-    check_resumable,
     derive_seed,
     epoch_permutation,
-    list_checkpoints,
     positions_for_step,
     resolve_mixed_precision,
     scoped_rng,
     warmup_steps,
 )
+from d1.train.metrics import _truncate_tsv_after
 from d1.train.configs import GRPOConfig, SFTConfig
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from d1.errors import DataError
 from d1.models.loading import load_model, load_tokenizer, token_ids
 from d1.train.configs import PretrainConfig, SFTConfig
 from d1.train.pretrain import pack_documents, pretrain_documents, run_pretrain
@@ -37,6 +38,9 @@ def test_documents_are_prompt_then_solution(tiny_data, tiny_base):
     chat = pretrain_documents(str(tiny_data), ["countdown"], document_format="chat",
                               tokenizer=load_tokenizer(tiny_base))
     assert chat[0].startswith("<|startoftext|><|start_header_id|>user") and chat[0].endswith("<|eot_id|>")
+    bare = pretrain_documents(str(tiny_data), ["countdown"], document_format="bare")
+    assert bare[0].startswith("Numbers: [") and "Using only" not in bare[0]
+    assert bare[0].split("\n\n", 1)[1] == plain[0].split("\n\n")[-1]  # the same solution, no instruction
 
 
 class Killed(Exception):
@@ -72,3 +76,17 @@ def test_pretrain_resumes_exactly_and_feeds_sft(tiny_data, tmp_path):
                     full_finetune=True, save_steps=0, device="cpu")
     sft.validate()
     assert run_sft(sft)["steps"] == 1
+
+
+def test_extra_documents_from_text_and_jsonl_files(tmp_path):
+    from d1.train.pretrain import extra_documents
+
+    (tmp_path / "facts.txt").write_text("3 * 4 = 12\n\n17 - 9 = 8\n", encoding="utf-8")
+    (tmp_path / "docs.jsonl").write_text('{"text": "a document"}\n{"text": "another"}\n', encoding="utf-8")
+    assert extra_documents([str(tmp_path / "facts.txt"), str(tmp_path / "docs.jsonl")]) == [
+        "3 * 4 = 12", "17 - 9 = 8", "a document", "another"]
+    with pytest.raises(DataError, match="no such file"):
+        extra_documents([str(tmp_path / "missing.txt")])
+    (tmp_path / "bad.jsonl").write_text('{"question": "no text"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="record 0 has no string 'text' field"):
+        extra_documents([str(tmp_path / "bad.jsonl")])

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from d1.algo.masking import count_response_tokens, forward_mask, masked_sft_loss, sample_mask_ratio, sft_collate
 from d1.models.loading import load_model, load_tokenizer, token_ids
-from d1.train.common import TrainingRun, make_generator, positions_for_step
+from d1.train.common import make_generator, positions_for_step
+from d1.train.run import TrainingRun
 from d1.train.configs import SFTConfig
 from d1.train.sft import run_sft, sft_rows
 

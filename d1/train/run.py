@@ -1,0 +1,126 @@
+"""One training run: the accelerator, optimiser, scheduler, checkpoints and metrics a loop shares."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from d1.train.checkpoints import Checkpointer, checkpoint_root
+from d1.train.common import (
+    StepCallback,
+    build_accelerator,
+    build_optimizer,
+    build_scheduler,
+    derive_seed,
+    scoped_rng,
+    trainable_parameters,
+    write_run_config,
+)
+from d1.train.metrics import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+class TrainingRun:
+    """The pieces every training loop shares, in the order a loop uses them.
+
+    ``run = TrainingRun(cfg, "sft", resume=...)`` makes the Accelerator and finds
+    the checkpoint to resume from (a fresh run deletes old checkpoints);
+    ``run.setup(model, total_steps)`` builds optimiser and scheduler, prepares
+    them with accelerate, restores the checkpoint and opens the metrics log, and
+    returns the step to start from. Then per optimiser step: ``micro_step``
+    contexts around each micro-batch, :meth:`optimizer_step` after its backward,
+    :meth:`end_step` (log, callbacks, checkpoint). :meth:`finish` closes the log.
+    """
+
+    def __init__(self, cfg: Any, stage: str, *, resume: bool):
+        self.cfg = cfg
+        self.stage = stage
+        self.accelerator = build_accelerator(cfg)
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.num_processes = self.accelerator.num_processes
+        self.checkpointer = Checkpointer(cfg, self.accelerator, stage)
+        self.resume_state = self.checkpointer.find() if resume else None
+        if resume and self.resume_state is None:
+            log.info("%s: no checkpoint in %s; starting from scratch", stage, checkpoint_root(cfg.out_dir))
+        if self.resume_state is None:
+            self.checkpointer.clear()
+        self.model = self.optimizer = self.scheduler = self.logger = None
+        self.total_steps = 0
+        self.grad_norm: float | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def setup(self, model: torch.nn.Module, total_steps: int) -> int:
+        cfg = self.cfg
+        self.total_steps = total_steps
+        optimizer = build_optimizer(model, cfg)
+        self.scheduler = build_scheduler(optimizer, cfg, total_steps)
+        # The scheduler is stepped by hand once per optimiser step (accelerate's prepared scheduler
+        # would step once per process).
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        start = 0
+        if self.resume_state is not None:
+            self.checkpointer.restore(self.resume_state, model=self.model, optimizer=self.optimizer,
+                                      scheduler=self.scheduler)
+            start = self.resume_state.step
+        self.logger = MetricsLogger(cfg, self.accelerator, resume_step=start if self.resume_state else None)
+        write_run_config(cfg, self.accelerator)
+        return start
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    @contextlib.contextmanager
+    def micro_step(self, step: int, micro: int) -> Iterator[None]:
+        """Gradient accumulation (no DDP sync before the last micro-batch), autocast and seeded dropout."""
+        seed = derive_seed(self.cfg.seed, self.stage, "dropout", step, micro, self.rank)
+        with self.accelerator.accumulate(self.model), scoped_rng(seed, self.device):
+            with self.accelerator.autocast():
+                yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def optimizer_step(self) -> None:
+        """Call inside :meth:`micro_step` after backward: clip + step on the last micro-batch only."""
+        acc = self.accelerator
+        if acc.sync_gradients:
+            max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+            norm = acc.clip_grad_norm_(trainable_parameters(self.model), max_norm)
+            self.grad_norm = float(norm) if norm is not None else None
+        self.optimizer.step()
+        if acc.sync_gradients and not acc.optimizer_step_was_skipped:  # fp16 overflow skips the step
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def end_step(self, step: int, metrics: dict, *, tokenizer: Any, callbacks: Sequence[StepCallback] = (),
+                 extra_state: dict | None = None, extra_files: Callable[[], dict] | None = None) -> None:
+        """After optimiser step ``step`` (0-based) is done: log, call back, checkpoint at multiples of save_steps."""
+        done = step + 1
+        if done % self.cfg.logging_steps == 0 or done == self.total_steps:
+            self.logger.log(done, metrics)
+        for callback in callbacks:
+            callback(done, metrics)
+        if self.cfg.save_steps and (done % self.cfg.save_steps == 0 or done == self.total_steps):
+            self.checkpointer.save(done, model=self.model, tokenizer=tokenizer, optimizer=self.optimizer,
+                                   scheduler=self.scheduler, extra_state=extra_state,
+                                   extra_files=extra_files() if extra_files else None)
+
+    def finish(self) -> dict:
+        self.accelerator.wait_for_everyone()
+        last = dict(self.logger.last) if self.logger else {}
+        if self.logger:
+            self.logger.close()
+        return last

@@ -1,0 +1,132 @@
+"""The micro profile end to end through DVC, in a throwaway git clone of the working tree:
+`dvc repro`, a no-op second `dvc repro`, a GRPO param sweep point with `dvc exp run -S` (re-runs only
+grpo, the d1 evaluation and the report), `d1 lineage` on the report, and `dvc push`/`dvc pull` through
+the default local remote."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+TASK, LENGTH = "countdown", 64
+GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}"
+    return out, wall
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def project(repo_root, tmp_path):
+    """The working tree's tracked and new (not ignored) files, micro profile on one task, committed."""
+    if shutil.which("git") is None or not (repo_root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    dst = tmp_path / "clone"
+    for rel in filter(None, files):
+        src = repo_root / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["profile"] = "micro"
+    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [LENGTH]}
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(GIT + ["init", "-q"], cwd=dst, check=True)
+    subprocess.run(GIT + ["add", "-A"], cwd=dst, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "micro"], cwd=dst, check=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.com", GIT_COMMITTER_NAME="ci",
+               GIT_COMMITTER_EMAIL="ci@example.com", DVC_NO_ANALYTICS="1")
+    for key in ("D1_DVC_STAGE", "D1_FLOW_RUN_ID", "D1_TASK_RUN_ID"):
+        env.pop(key, None)
+    return dst, env
+
+
+def test_dvc_pipeline_micro(project):
+    root, env = project
+    evals = {f"eval@{m}-{TASK}-{LENGTH}" for m in ("base", "sft", "d1")}
+    stages = {"prepare", "base", "sft", f"grpo@{TASK}", "report"} | evals
+
+    out, wall = run(["dvc", "repro"], root, env)
+    print(f"\ndvc repro (micro, 1 task): {wall:.1f} s")
+    assert ran_stages(out) == stages
+    for model in ("base", "sft", "d1"):
+        metrics = json.loads((root / f"outputs/eval/{model}/{TASK}/{LENGTH}/metrics.json").read_text())
+        assert metrics[TASK][str(LENGTH)]["n"] == 8
+    results = json.loads((root / "outputs/report/results.json").read_text())
+    assert set(results["accuracy"]) == {"base", "sft", "d1"} and set(results["gaps"]) == {"sft-base", "d1-sft"}
+    assert (root / f"outputs/report/plots/accuracy_{TASK}.png").is_file()
+    assert (root / f"outputs/report/plots/reward_{TASK}.png").is_file()
+    assert "data:image/png;base64," in (root / "outputs/report/index.html").read_text()
+    shown, _ = run(["dvc", "metrics", "show", "--json"], root, env)
+    assert "outputs/report/results.json" in shown and "outputs/dvclive/sft/metrics.json" in shown
+
+    # Nothing changed: nothing runs (the time is printed, not asserted).
+    out, wall = run(["dvc", "repro"], root, env)
+    print(f"second dvc repro: {wall:.2f} s")
+    assert ran_stages(out) == set() and "up to date" in out
+    status, _ = run(["dvc", "status"], root, env)
+    assert "up to date" in status
+
+    # One GRPO param changed: grpo, the d1 evaluation and the report re-run, nothing else.
+    subprocess.run(GIT + ["add", "-A"], cwd=root, env=env, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "repro"], cwd=root, env=env, check=True)
+    before = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    out, wall = run(["dvc", "exp", "run", "-S", "micro.grpo.lr=2e-3"], root, env)
+    print(f"dvc exp run -S micro.grpo.lr=2e-3: {wall:.1f} s")
+    rerun = {f"grpo@{TASK}", f"eval@d1-{TASK}-{LENGTH}", "report"}
+    assert ran_stages(out) == rerun
+    after = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert {name for name in after if after[name] != before[name]} == rerun
+    assert after[f"grpo@{TASK}"]["params"]["params.yaml"]["micro.grpo"]["lr"] == 2e-3
+
+    # Lineage of the final metrics: every upstream stage, with input hashes and its provenance.
+    out, _ = run(["d1", "lineage", "outputs/report/results.json", "--json"], root, env)
+    lin = json.loads(out)
+    assert {s["stage"] for s in lin["stages"]} == stages and lin["stages"][-1]["stage"] == "prepare"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    for rec in lin["stages"]:
+        assert rec["deps"] and all(d["md5"] for d in rec["deps"]), rec["stage"]
+        assert rec["provenance"]["stage"] == rec["stage"] and rec["git_commit"], rec["stage"]
+        assert "flow_run_id" in rec and rec["flow_run_id"] is None  # run by dvc, not by a Prefect flow
+    assert {r["stage"]: r["git_commit"] for r in lin["stages"]}[f"grpo@{TASK}"] == commit
+    text, _ = run(["d1", "lineage", "outputs/report/results.json"], root, env)
+    assert f"stage grpo@{TASK}" in text and "micro.grpo.lr = 0.002" in text
+
+    # The default remote (a folder in .dvc/, git-ignored) takes the outputs and gives them back.
+    run(["dvc", "push"], root, env)
+    saved = (root / "outputs/report/results.json").read_bytes()
+    shutil.rmtree(root / "outputs")
+    shutil.rmtree(root / "data")
+    shutil.rmtree(root / ".dvc" / "cache")
+    run(["dvc", "pull"], root, env)
+    assert (root / "outputs/report/results.json").read_bytes() == saved
+    status, _ = run(["dvc", "status"], root, env)
+    assert "up to date" in status
+    ignored = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
+                             capture_output=True, text=True).stdout
+    assert ".dvc/remote" not in ignored and "outputs/" not in ignored
