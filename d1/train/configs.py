@@ -252,6 +252,7 @@ class SFTConfig(TrainConfigBase):
 
     out_dir: str = "outputs/sft"
     max_length: int = 4096  # every row is padded with EOS to this length (d1)
+    pad_to: str = "max_length"  # or "longest": the longest row of the optimiser step (d1.train.sft)
     mask_eps: float = 1e-3
     lr: float = 1e-5
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # HF Trainer default, as d1
@@ -274,6 +275,7 @@ class SFTConfig(TrainConfigBase):
         s = self.SECTION
         if self.max_length < 2:
             _fail(f"{s}.max_length", f"must be >= 2, got {self.max_length}")
+        _one_of(s, "pad_to", self.pad_to, ("max_length", "longest"))
         if not 0.0 <= self.mask_eps < 1.0:
             _fail(f"{s}.mask_eps", f"must be in [0, 1), got {self.mask_eps}")
 

@@ -10,6 +10,9 @@ a worked ``solution``). An example becomes
 * response = what the template puts after that prompt for the assistant turn
   ``ex.solution`` (the solution and the end-of-turn token), then EOS padding
   to ``max_length``; the padding counts as response and is learned (d1).
+  ``pad_to: longest`` pads to the longest row of the optimiser step instead
+  (deviation, for CPU runs mixing short and long tasks: a Countdown row padded
+  to a Sudoku row's length is mostly padding).
 
 Objective (:mod:`d1.algo.masking`): per row ``t ~ U(eps, 1)``, each response
 token masked with probability ``t``, loss = sum over masked tokens of CE / t
@@ -147,9 +150,15 @@ def train_masked_diffusion(
     eos_id: int,
     max_length: int,
     mask_eps: float,
+    pad_to_longest: bool = False,
     callbacks: Sequence[StepCallback] = (),
 ) -> dict:
-    """The masked-diffusion training loop (SFT; pre-training with empty prompts). Returns the last metrics."""
+    """The masked-diffusion training loop (SFT; pre-training with empty prompts). Returns the last metrics.
+
+    ``pad_to_longest``: rows of a step are EOS-padded to the longest row of the
+    whole optimiser step (all micro-batches and processes, so micro-batching does
+    not change it), capped at ``max_length``, instead of to ``max_length`` (d1).
+    """
     cfg = run.cfg
     if len(rows) == 0:
         raise DataError(f"{cfg.SECTION}: no training rows")
@@ -167,8 +176,11 @@ def train_masked_diffusion(
         timer = StepTimer()
         indices = positions_for_step(step, per_step, len(rows), cfg.seed)
         mine = indices[run.rank * per_process:(run.rank + 1) * per_process]
+        length = max_length
+        if pad_to_longest:
+            length = min(max_length, max(len(rows.prompts[i]) + len(rows.responses[i]) for i in indices))
         batch = sft_collate([rows.prompts[i] for i in mine], [rows.responses[i] for i in mine],
-                            eos_id=eos_id, max_length=max_length)
+                            eos_id=eos_id, max_length=length)
         input_ids, prompt_mask = batch["input_ids"], batch["prompt_mask"]
         generator = make_generator(cfg.seed, cfg.SECTION, "mask", step, run.rank)  # CPU: device-independent
         t = sample_mask_ratio(per_process, eps=mask_eps, generator=generator, device="cpu")
@@ -204,7 +216,7 @@ def train_masked_diffusion(
             "train/lr": lr,
             "train/epoch": (step + 1) * per_step / len(rows),
             "train/truncated_rows": reduce_sum(acc, int(batch["truncated"].sum()), device),
-            "perf/tokens_per_s": per_step * max_length / timer.elapsed(),
+            "perf/tokens_per_s": per_step * length / timer.elapsed(),
         }
         run.end_step(step, metrics, tokenizer=tokenizer, callbacks=callbacks)
         bar.update(1)
@@ -246,7 +258,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, callbacks: Sequence[StepCal
     model = prepare_trainable(model, cfg)
     params = count_parameters(model)
     last = train_masked_diffusion(run, model, tokenizer, rows, mask_id=ids.mask_id, eos_id=ids.eos_id,
-                                  max_length=cfg.max_length, mask_eps=cfg.mask_eps, callbacks=callbacks)
+                                  max_length=cfg.max_length, mask_eps=cfg.mask_eps,
+                                  pad_to_longest=cfg.pad_to == "longest", callbacks=callbacks)
     model_dir = save_final(run, tokenizer, base_path=cfg.model_path, merge=cfg.merge_adapter)
     return {"stage": "sft", "out_dir": cfg.out_dir, "model_dir": str(model_dir), "steps": run.total_steps,
             "resumed_from": run.resume_state.step if run.resume_state else None, "data": data_stats,

@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 
 from d1.algo.masking import count_response_tokens, forward_mask, masked_sft_loss, sample_mask_ratio, sft_collate
 from d1.models.loading import load_model, load_tokenizer, token_ids
+import d1.train.sft as sft_module
+from d1.errors import ConfigError
 from d1.train.common import make_generator, positions_for_step
-from d1.train.run import TrainingRun
 from d1.train.configs import SFTConfig
+from d1.train.run import TrainingRun
 from d1.train.sft import run_sft, sft_rows
 
 MAX_LEN = 224
@@ -199,3 +201,33 @@ def test_sft_loss_goes_down(tiny_base, tiny_data, tmp_path):
     run_sft(cfg, callbacks=[lambda step, m: seen.append(m["train/unscaled_loss"])])
     first, last = sum(seen[:5]) / 5, sum(seen[-5:]) / 5
     assert last < 0.75 * first, (first, last)
+
+
+def test_pad_to_longest_keeps_accumulation_exact_and_shortens_rows(tiny_base, tiny_data, tmp_path, grads_at_step,
+                                                                   monkeypatch):
+    one_by_four = sft_config(tiny_base, tiny_data, tmp_path / "a", batch_size=4, grad_accum=1, max_steps=1,
+                             full_finetune=True, pad_to="longest")
+    four_by_one = sft_config(tiny_base, tiny_data, tmp_path / "b", batch_size=1, grad_accum=4, max_steps=1,
+                             full_finetune=True, pad_to="longest")
+    run_sft(one_by_four)
+    run_sft(four_by_one)
+    assert_same_grads(grads_at_step[0], grads_at_step[1])
+    # The rows of the step are as long as the longest chosen example, not max_length.
+    tokenizer = load_tokenizer(tiny_base)
+    rows, _ = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=2 * MAX_LEN)
+    chosen = positions_for_step(0, 4, len(rows), one_by_four.seed)
+    longest = max(len(rows.prompts[i]) + len(rows.responses[i]) for i in chosen)
+    assert longest < 2 * MAX_LEN
+    seen = []
+    real_collate = sft_module.sft_collate
+
+    def spy(prompts, responses, *, eos_id, max_length):
+        seen.append(max_length)
+        return real_collate(prompts, responses, eos_id=eos_id, max_length=max_length)
+
+    monkeypatch.setattr(sft_module, "sft_collate", spy)
+    run_sft(sft_config(tiny_base, tiny_data, tmp_path / "c", batch_size=4, grad_accum=1, max_steps=1,
+                       full_finetune=True, pad_to="longest", max_length=2 * MAX_LEN))
+    assert seen == [longest]
+    with pytest.raises(ConfigError, match="pad_to"):
+        sft_config(tiny_base, tiny_data, tmp_path / "d", pad_to="shortest")
