@@ -63,6 +63,10 @@ class EvalConfig:
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
     add_reasoning: bool = True  # prefill "<reasoning>" after the chat template, as d1
+    # "eval": d1's evaluation prompts and scorer (the paper's protocol); "train": the training
+    # prompt (what SFT and GRPO condition on), scored from the answer block of the training
+    # format (Task.score_training_format): for models that never saw the d1 eval prompts (tiny).
+    prompt: str = "eval"
     batch_size: int = 8
     limit: dict[str, int] = field(default_factory=dict)  # first N test items per task
     seed: int = 42
@@ -84,6 +88,8 @@ class EvalConfig:
             steps = self.steps_for(n)
             if steps <= 0 or steps % (n // self.block_length):
                 raise ConfigError(f"eval.steps: {steps} steps do not split evenly over the {n // self.block_length} blocks of length {n}")
+        if self.prompt not in ("eval", "train"):
+            raise ConfigError(f"eval.prompt: {self.prompt!r} is not eval or train")
         if self.remasking not in REMASKING:
             raise ConfigError(f"eval.remasking: {self.remasking!r} is not one of {', '.join(REMASKING)}")
         if self.batch_size <= 0:
@@ -121,9 +127,11 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
     return dev, getattr(torch, dtype)
 
 
-def build_prompt(task: Task, example: Example, tokenizer, *, add_reasoning: bool) -> str:
-    """The eval prompt: the task's eval user turn in the chat template, ``<reasoning>`` prefilled."""
-    text = tokenizer.apply_chat_template(task.messages(example, for_eval=True), add_generation_prompt=True, tokenize=False)
+def build_prompt(task: Task, example: Example, tokenizer, *, add_reasoning: bool, for_eval: bool = True) -> str:
+    """The eval prompt: the task's eval user turn (``for_eval=False``: its training
+    user turn) in the chat template, ``<reasoning>`` prefilled when ``add_reasoning``."""
+    text = tokenizer.apply_chat_template(task.messages(example, for_eval=for_eval), add_generation_prompt=True,
+                                         tokenize=False)
     return text + "<reasoning>" if add_reasoning else text
 
 
@@ -178,7 +186,10 @@ def evaluate_task(
 ) -> tuple[dict, dict]:
     """Generate + score one (task, gen_length): (d1-format file content, metrics)."""
     steps = cfg.steps_for(gen_length)
-    prompts = [build_prompt(task, ex, tokenizer, add_reasoning=cfg.add_reasoning) for ex in examples]
+    for_eval = cfg.prompt == "eval"
+    prompts = [build_prompt(task, ex, tokenizer, add_reasoning=cfg.add_reasoning, for_eval=for_eval)
+               for ex in examples]
+    score = task.score if for_eval else task.score_training_format
     t0 = time.perf_counter()
     completions = generate_completions(
         model, tokenizer, prompts, mask_id=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id,
@@ -189,7 +200,7 @@ def evaluate_task(
     wall = time.perf_counter() - t0
     items, correct, total = [], 0, 0
     for ex, prompt, text in zip(examples, prompts, completions):
-        s = task.score(text, ex)
+        s = score(text, ex)
         correct += s.correct
         total += s.total
         items.append({"question": ex.question, "prompt_input": prompt, "generations": text,

@@ -132,3 +132,31 @@ def test_one_cell_per_model_label(tiny_setup, tmp_path):
     assert json.loads((tmp_path / "cell" / "eval_config.json").read_text())["model"] == str(model_dir)
     # a label not in `models` keeps `model` (the multi-task default of `d1 eval`)
     assert _cfg(root, data, model_dir, models=models, model_name="tiny").model == str(model_dir)
+
+
+def test_train_prompt_protocol_uses_the_training_prompt_and_answer_block(tiny_setup, tmp_path):
+    root, data, model_dir, _, tok = tiny_setup
+    run_eval(_cfg(root, data, model_dir, out_dir=str(tmp_path / "t"), tasks=["countdown"], gen_lengths=[8],
+                  prompt="train", add_reasoning=False))
+    items = json.loads((tmp_path / "t" / "countdown_tiny_8_4_0_generations.json").read_text())["generations"]
+    task = get_task("countdown")
+    ex = Example.from_record(json.loads((data / "countdown" / "test.jsonl").read_text().splitlines()[0]))
+    assert items[0]["prompt_input"] == tok.apply_chat_template(task.messages(ex), add_generation_prompt=True,
+                                                               tokenize=False)
+    assert task.user_message(ex) in items[0]["prompt_input"] and task.eval_user_message(ex) not in items[0]["prompt_input"]
+    with pytest.raises(ConfigError, match="eval.prompt: 'exam' is not eval or train"):
+        _cfg(root, data, model_dir, prompt="exam")
+
+
+def test_countdown_training_format_score_reads_the_answer_block():
+    task = get_task("countdown")
+    ex = Example(question="", ground_truth=[[17, 4, 14], 54])
+    trace = "<reasoning>\n17 * 4 = 68\n68 - 14 = 54\n</reasoning>\n<answer>\n17 * 4 - 14\n</answer>"
+    assert task.score_training_format(trace, ex).correct == 1
+    assert task.score(trace, ex).correct == 0  # d1's scorer takes the first reasoning line "17 * 4"
+    assert task.score_training_format(trace.replace("- 14\n</answer>", "+ 14\n</answer>"), ex).correct == 0
+    assert task.score_training_format("no answer", ex).correct == 0
+    sudoku = get_task("sudoku")
+    sd = Example(question="Solve the following Sudoku puzzle: 3020000003120204\n", ground_truth="3421214343121234")
+    answer = "<reasoning>\n</reasoning>\n<answer>\n3421214343121234\n</answer>"
+    assert sudoku.score_training_format(answer, sd) == sudoku.score(answer, sd)

@@ -145,3 +145,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, completion: str, example: Example) -> Score:
         """Evaluation score under the d1 protocol; never raises."""
+
+    def score_training_format(self, completion: str, example: Example) -> Score:
+        """Evaluation score of a completion in the *training* format (the answer in
+        the last ``<answer>`` block, as the SFT targets and rewards have it); used by
+        evaluation with ``prompt: train`` (the tiny profile, whose model never saw
+        the d1 evaluation prompts). Default: the d1 score, which already reads the
+        answer block; tasks whose d1 score reads something else override it."""
+        return self.score(completion, example)

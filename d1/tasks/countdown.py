@@ -233,3 +233,11 @@ class CountdownTask(Task):
         equation = strip_equals(latex_operators_to_ascii(d1_equation(completion)))
         correct = uses_each_number_once(equation, numbers) and hits_target(equation, target)
         return Score(correct=int(correct), total=1, extracted=equation)
+
+    def score_training_format(self, completion: str, example: Example) -> Score:
+        """The equation of the last ``<answer>`` block (d1's score reads a ``\\boxed{}``,
+        else the whole text, whose first ``a op b = c`` reasoning line it would take)."""
+        numbers, target = _puzzle(example)
+        equation = last_answer_block(completion) or ""
+        correct = bool(equation) and uses_each_number_once(equation, numbers) and hits_target(equation, target)
+        return Score(correct=int(correct), total=1, extracted=equation)

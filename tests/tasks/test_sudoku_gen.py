@@ -182,3 +182,16 @@ def test_bad_parameters(n, empty_cells):
 def test_unknown_generator_option():
     with pytest.raises(ConfigError):
         TASK.generate(3, seed=0, exclude=[], num_numbers=3)
+
+
+def test_trace_without_reasons_is_shorter_and_still_earns_full_reward():
+    task = get_task("sudoku")
+    full = generate_sudoku(20, seed=5)
+    short = generate_sudoku(20, seed=5, reasons=False)
+    assert [ex.question for ex in full] == [ex.question for ex in short]  # same puzzles, same order
+    for a, b in zip(full, short):
+        assert "(" not in b.solution and len(b.solution) < len(a.solution) / 2
+        lines_a = [ln.split(" (")[0] for ln in a.solution.splitlines() if ln.startswith("R")]
+        assert [ln for ln in b.solution.splitlines() if ln.startswith("R")] == lines_a
+        assert task.reward_components(b.solution, b)["sudoku"] == 1.0
+    assert len(task.generate(3, seed=1, exclude=[], reasons=False)) == 3
