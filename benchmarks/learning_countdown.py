@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -58,6 +57,7 @@ if str(REPO) not in sys.path:
 from d1.config import from_dict, write_json_atomic  # noqa: E402
 from d1.data.io import write_jsonl  # noqa: E402
 from d1.prepare import PrepareConfig, builtin_path, prepare, read_split  # noqa: E402
+from d1.stats import paired_gain, wilson_interval  # noqa: E402
 from d1.tasks import get_task  # noqa: E402
 from d1.tasks.countdown_gen import TEST_SET, generate_countdown  # noqa: E402
 from d1.train.common import derive_seed  # noqa: E402
@@ -102,43 +102,8 @@ GRPO = {
     "batch_size": 16, "grad_accum": 4, "max_grad_norm": 0.2, "weight_decay": 0.1,
     "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 64,
 }
-ARITHMETIC_FACTS = True  # add arithmetic_facts() to the pre-training corpus
+ARITHMETIC_FACTS = False  # --arithmetic-facts: add arithmetic_facts() to the pre-training corpus
 STEPS = {"pretrain": 300, "sft": 700, "grpo": 40}
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (better than the normal one near 0 or 1)."""
-    if n == 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def paired_gain(before: list[int], after: list[int], *, seed: int, resamples: int = 10_000) -> dict:
-    """Mean per-puzzle difference (after - before) with two 95% CIs.
-
-    ``normal``: mean +- 1.96 * sd / sqrt(n) of the per-puzzle differences;
-    ``bootstrap``: percentile interval of the mean over ``resamples`` paired
-    resamples (puzzles drawn with replacement, both scores of a puzzle together).
-    """
-    if len(before) != len(after) or not before:
-        raise ValueError("paired_gain needs two equally long, non-empty score lists")
-    d = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
-    n = d.numel()
-    mean = float(d.mean())
-    sd = float(d.std(unbiased=True)) if n > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(n)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (resamples, n), generator=g)
-    means = d[idx].mean(dim=1).sort().values
-    lo, hi = float(means[int(0.025 * resamples)]), float(means[int(0.975 * resamples) - 1])
-    return {"gain": mean, "normal_ci": [mean - half, mean + half], "bootstrap_ci": [lo, hi],
-            "improved": int((d > 0).sum()), "worsened": int((d < 0).sum()), "n": n}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -289,7 +254,7 @@ def pct(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    global TRAIN_SIZE
+    global TRAIN_SIZE, ARITHMETIC_FACTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/learning_countdown")
     ap.add_argument("--seed", type=int, default=0)
@@ -301,12 +266,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=YAML",
                     help="override a setting, e.g. --set sft.lr=1e-3 --set pretrain.document_format=bare "
                          "(stages: pretrain, sft, grpo, generator)")
+    ap.add_argument("--arithmetic-facts", action="store_true",
+                    help="add every a op b = c line of the puzzle range to the pre-training corpus")
     ap.add_argument("--train-size", type=int, default=TRAIN_SIZE, help=f"training puzzles (default {TRAIN_SIZE})")
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N puzzles of each set "
                     "(smoke runs; the CIs then mean little)")
     args = ap.parse_args(argv)
     apply_settings(args.set)
     TRAIN_SIZE = args.train_size
+    ARITHMETIC_FACTS = args.arithmetic_facts
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

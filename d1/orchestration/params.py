@@ -1,0 +1,108 @@
+"""The flow's parameters (profile, tasks, overrides) written into the checkout's params.yaml.
+
+The flow runs ``dvc repro`` on single stages, so the parameters must be in
+params.yaml before DVC resolves the graph: the flow writes them the way
+``dvc exp run -S`` does in the workspace (DVC's own Hydra-override writer,
+comments kept), and leaves them there, so ``dvc.lock``, ``dvc params diff``
+and ``d1 lineage`` show exactly what ran. Overrides use DVC's syntax with
+keys from the top of params.yaml: ``tiny.grpo.lr=2e-4``,
+``tiny.tasks=[countdown]``; an unknown key is an error (no silent additions).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from d1.config import get_section, read_params
+from d1.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+def profiles(params: dict) -> list[str]:
+    """The profile sections of a params file: its top-level mappings."""
+    return sorted(k for k, v in params.items() if isinstance(v, dict))
+
+
+def flow_overrides(
+    params: dict, profile: str, tasks: Sequence[str] | None, overrides: Sequence[str] | None,
+    tasks_param: str | None,
+) -> list[str]:
+    """The ``-S``-style overrides that select ``profile`` and ``tasks`` and apply ``overrides``.
+
+    ``tasks`` must be a subset of the list at ``tasks_param`` (the profile's tasks).
+    """
+    known = profiles(params)
+    if profile not in known:
+        raise ConfigError(f"profile {profile!r}: no such profile in {PARAMS_FILE} (profiles: {', '.join(known) or 'none'})")
+    if "profile" not in params:
+        raise ConfigError(f"{PARAMS_FILE}: no top-level 'profile' key to select profile {profile!r} with")
+    result = [f"profile={profile}"]
+    if tasks:
+        if not tasks_param:
+            raise ConfigError(f"tasks {list(tasks)}: {profile}.flow.tasks_param is not set, "
+                              "so the flow does not know which params key lists the tasks")
+        available = get_section(params, tasks_param, PARAMS_FILE)
+        if not isinstance(available, list):
+            raise ConfigError(f"{tasks_param}: expected the list of the profile's tasks, got {available!r}")
+        unknown = [t for t in tasks if t not in available]
+        if unknown:
+            raise ConfigError(f"tasks: {unknown[0]!r} is not one of {tasks_param} = {available}")
+        result.append(f"{tasks_param}={json.dumps(list(tasks))}")
+    for item in overrides or []:
+        key, sep, _ = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. {profile}.grpo.lr=2e-4")
+        result.append(str(item))
+    return result
+
+
+def _is_noop(params: dict, item: str) -> bool:
+    """Whether a plain ``a.b.c=value`` override leaves ``params`` as they are."""
+    key, _, raw = item.partition("=")
+    if not key or key[0] in "+~" or "@" in key:  # Hydra's add/delete/package forms: let DVC apply them
+        return False
+    try:
+        value = yaml.safe_load(raw)
+        current = get_section(params, key)
+    except (yaml.YAMLError, ConfigError):
+        return False
+    return type(current) is type(value) and current == value
+
+
+def write_overrides(root: str | Path, overrides: Sequence[str]) -> list[str]:
+    """Apply ``overrides`` to ``root/params.yaml`` in place, as ``dvc exp run -S`` does; overrides
+    that change nothing are not written (the file keeps its formatting). Returns those written."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.hydra import apply_overrides
+
+    path = Path(root) / PARAMS_FILE
+    params = read_params(path)  # a clear error for a missing or malformed file
+    overrides = [o for o in overrides if not _is_noop(params, o)]
+    if not overrides:
+        return []
+    try:
+        apply_overrides(str(path), list(overrides))
+    except DvcException as exc:
+        cause = exc.__cause__
+        detail = " ".join(str(cause).split()) if cause is not None else str(exc)
+        raise ConfigError(f"overrides {list(overrides)}: {detail}") from None
+    return list(overrides)
+
+
+def apply_flow_params(
+    root: str | Path, profile: str, tasks: Sequence[str] | None = None, overrides: Sequence[str] | None = None,
+) -> list[str]:
+    """Select ``profile`` (and ``tasks``, through the profile's ``flow.tasks_param``) and apply
+    ``overrides`` in ``root/params.yaml``; returns the overrides written."""
+    params = read_params(Path(root) / PARAMS_FILE)
+    section = params.get(profile)
+    flow = section.get("flow") if isinstance(section, dict) else None
+    tasks_param = flow.get("tasks_param") if isinstance(flow, dict) else None
+    written = flow_overrides(params, profile, tasks, overrides, tasks_param)
+    write_overrides(root, written)
+    return written
