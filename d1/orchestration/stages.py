@@ -105,10 +105,14 @@ def local_stage(root: str, stage: str, upstream: list[str], pull: bool, push: bo
 
     logger = get_run_logger()
     own_flow, own_task = _runtime_ids()
-    env = {ENV_STAGE: stage, ENV_FLOW_RUN: flow_run_id or own_flow, ENV_TASK_RUN: own_task}
+    env = {ENV_STAGE: stage, ENV_FLOW_RUN: flow_run_id or own_flow, ENV_TASK_RUN: own_task, **QUIET_PROGRESS}
     outcome = run_here(root, stage, upstream, pull=pull, push=push, env=env, log=logger.info)
     return {"stage": stage, "outcome": outcome}
 
+
+#: progress bars of a stage under Prefect: one update every 10 s (tqdm reads TQDM_* defaults from the
+#: environment), not one log record per step in the Prefect database
+QUIET_PROGRESS = {"TQDM_MININTERVAL": "10"}
 
 _D1_ERROR_IN_TEXT = re.compile(r"d1 [\w-]+: error: [^\n]+")
 
@@ -192,7 +196,8 @@ def stage_flow_body(stage: str, overrides: list[str], lock: dict, flow_run_id: s
     if stage not in stages:
         raise ConfigError(f"stage {stage!r} is not in {root}/dvc.yaml (stages: {', '.join(stages)})")
     own_flow, _ = _runtime_ids()
-    env = {ENV_STAGE: stage, ENV_FLOW_RUN: flow_run_id or own_flow, ENV_TASK_RUN: task_run_id or ""}
+    env = {ENV_STAGE: stage, ENV_FLOW_RUN: flow_run_id or own_flow, ENV_TASK_RUN: task_run_id or "",
+           **QUIET_PROGRESS}
     outcome = run_here(root, stage, stages[stage].upstream, pull=pull, push=push, env=env, log=logger.info)
     entry = dvc_ops.read_lock(root).get(stage)
     create_markdown_artifact(_lock_markdown(stage, entry, outcome), key=LOCK_ARTIFACT,
