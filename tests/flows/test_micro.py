@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,34 +14,18 @@ import pytest
 import yaml
 
 from d1.orchestration.oneshot import run_and_report
+from tests.checkout import working_tree_copy
 from d1.orchestration.stack import LocalStack
 
 pytestmark = pytest.mark.slow
 
 TASK = "countdown"
-GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
 
 
 @pytest.fixture
 def checkout(repo_root, tmp_path):
     """The working tree's tracked and new (not ignored) files, committed in a throwaway git repo."""
-    if shutil.which("git") is None or not (repo_root / ".git").exists():
-        pytest.skip("needs git and a git checkout")
-    if "micro" not in (repo_root / "params.yaml").read_text() or "stages" not in (repo_root / "dvc.yaml").read_text():
-        pytest.skip("params.yaml has no micro profile or dvc.yaml no stages yet")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    dst = tmp_path / "checkout"
-    for rel in filter(None, files):
-        src = repo_root / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    subprocess.run(GIT + ["init", "-q"], cwd=dst, check=True)
-    subprocess.run(GIT + ["add", "-A"], cwd=dst, check=True)
-    subprocess.run(GIT + ["commit", "-qm", "micro"], cwd=dst, check=True)
-    return dst
+    return working_tree_copy(repo_root, tmp_path / "checkout")
 
 
 def _artifacts(stack: LocalStack, run_id) -> dict:

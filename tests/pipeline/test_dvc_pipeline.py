@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.checkout import GIT, working_tree_copy
+
 pytestmark = pytest.mark.slow
 
 TASK, LENGTH = "countdown", 64
-GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> tuple[str, float]:
@@ -39,24 +40,14 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture
 def project(repo_root, tmp_path):
     """The working tree's tracked and new (not ignored) files, micro profile on one task, committed."""
-    if shutil.which("git") is None or not (repo_root / ".git").exists():
-        pytest.skip("needs git and a git checkout")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    dst = tmp_path / "clone"
-    for rel in filter(None, files):
-        src = repo_root / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["profile"] = "micro"
-    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [LENGTH]}
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(GIT + ["init", "-q"], cwd=dst, check=True)
-    subprocess.run(GIT + ["add", "-A"], cwd=dst, check=True)
-    subprocess.run(GIT + ["commit", "-qm", "micro"], cwd=dst, check=True)
+
+    def micro_on_one_task(dst: Path) -> None:
+        params = yaml.safe_load((dst / "params.yaml").read_text())
+        params["profile"] = "micro"
+        params["pipeline"] = {"tasks": [TASK], "gen_lengths": [LENGTH]}
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    dst = working_tree_copy(repo_root, tmp_path / "clone", micro_on_one_task)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.com", GIT_COMMITTER_NAME="ci",
