@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from d1.config import write_json_atomic, write_resolved
 from d1.errors import ConfigError
-from d1.generation import generate
+from d1.generation import generate, left_pad
 from d1.prepare import read_split
 from d1.tasks import available_tasks, get_task
 from d1.tasks.base import Example, Task
@@ -133,18 +133,6 @@ def build_prompt(task: Task, example: Example, tokenizer, *, add_reasoning: bool
     text = tokenizer.apply_chat_template(task.messages(example, for_eval=for_eval), add_generation_prompt=True,
                                          tokenize=False)
     return text + "<reasoning>" if add_reasoning else text
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists -> (input_ids [B, L], attention_mask [B, L])."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def decode_completion(tokenizer, token_ids: list[int], eos_id: int) -> str:

@@ -9,7 +9,8 @@ import torch
 
 from d1.config import from_dict
 from d1.errors import ConfigError
-from d1.eval import EvalConfig, decode_completion, left_pad, run_eval
+from d1.eval import EvalConfig, decode_completion, run_eval
+from d1.generation import left_pad
 from d1.models.llada import LLaDAModelLM, initialize_llada_weights, tiny_llada_config_for_tokenizer
 from d1.models.lora import apply_lora
 from d1.models.tokenizer import train_tokenizer

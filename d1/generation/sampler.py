@@ -49,6 +49,7 @@ block_length), generator=generator)`` (float32), both on the prompt's device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -272,3 +273,16 @@ def _propose(
     else:  # "random"
         confidence = torch.rand(proposal.shape, generator=generator, device=logits.device)
     return proposal, confidence
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists -> (ids [B, L] long, attention_mask [B, L] long, 0 on padding): the
+    batched prompt layout :func:`generate` takes (rollouts and evaluation both build it here)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask

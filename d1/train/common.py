@@ -306,18 +306,6 @@ class StepTimer:
         return max(time.perf_counter() - self.start, 1e-9)
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists -> (ids [B, L] long, attention_mask [B, L] long, 0 on padding)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 def write_run_config(cfg: Any, accelerator: Any) -> None:
     from d1.config import write_resolved
 

@@ -65,12 +65,11 @@ from d1.algo.grpo import (
     per_token_logps,
 )
 from d1.errors import DataError
-from d1.generation import generate
+from d1.generation import generate, left_pad
 from d1.train.common import (
     StepCallback,
     StepTimer,
     count_parameters,
-    left_pad,
     load_base_model,
     make_generator,
     positions_for_step,
