@@ -79,6 +79,7 @@ GEN_LENGTH = 32
 BLOCK_LENGTH = 32
 EVAL_STEPS = 16  # gen_length / 2: d1's evaluation setting (two tokens per step)
 EVAL_BATCH = 64
+DEVICE = "cpu"  # --device cuda: every stage and the evaluation on the GPU, float32 (no mixed precision)
 
 PRETRAIN = {
     "tasks": [TASK], "document_format": "plain", "tokenizer_vocab_size": 1024, "tokenizer_split_words": False,
@@ -134,14 +135,14 @@ def evaluate(model_dir: Path, examples: list, *, desc: str) -> EvalResult:
 
     task = get_task(TASK)
     model, tokenizer = load_for_inference(str(model_dir), dtype=torch.float32)
-    model.eval()
+    model.to(DEVICE).eval()
     ids = token_ids(model, tokenizer)
     prompts = [prompt_text(tokenizer, task, ex) for ex in examples]
     start = time.perf_counter()
     texts = generate_completions(model, tokenizer, prompts, mask_id=ids.mask_id, eos_id=ids.eos_id,
                                  pad_id=ids.pad_id, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
                                  steps=EVAL_STEPS, temperature=0.0, batch_size=EVAL_BATCH,
-                                 device=torch.device("cpu"), desc=desc)
+                                 device=torch.device(DEVICE), desc=desc)
     seconds = time.perf_counter() - start
     rewards = [task.reward_components(text, ex)[TASK] for text, ex in zip(texts, examples)]
     return EvalResult(correct=[int(r == 1.0) for r in rewards], answered=[int(r > 0) for r in rewards],
@@ -200,7 +201,8 @@ def stage_config(kind: str, out: Path, seed: int, steps: int, model_path: str | 
     from d1.train import GRPOConfig, PretrainConfig, SFTConfig
 
     cls, base = {"pretrain": (PretrainConfig, PRETRAIN), "sft": (SFTConfig, SFT), "grpo": (GRPOConfig, GRPO)}[kind]
-    values = dict(base, data_dir=str(out / "data"), out_dir=str(out / kind), seed=seed, max_steps=steps)
+    values = dict(base, data_dir=str(out / "data"), out_dir=str(out / kind), seed=seed, max_steps=steps,
+                  device=DEVICE, mixed_precision="no")
     if kind == "pretrain" and ARITHMETIC_FACTS:
         values["extra_documents"] = [str(out / "arithmetic_facts.txt")]
     if model_path is not None:
@@ -254,7 +256,7 @@ def pct(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    global TRAIN_SIZE, ARITHMETIC_FACTS
+    global TRAIN_SIZE, ARITHMETIC_FACTS, DEVICE, EVAL_STEPS, GEN_LENGTH, BLOCK_LENGTH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/learning_countdown")
     ap.add_argument("--seed", type=int, default=0)
@@ -262,6 +264,14 @@ def main(argv: list[str] | None = None) -> dict:
         ap.add_argument(f"--steps-{kind}", type=int, default=STEPS[kind], help=f"optimiser steps (default {STEPS[kind]})")
         ap.add_argument(f"--budget-{kind}", type=float, default=None,
                         help="wall-clock seconds instead of --steps (probed; not reproducible)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=DEVICE,
+                    help="where every stage and the evaluation run (float32 on both)")
+    ap.add_argument("--gen-length", type=int, default=GEN_LENGTH,
+                    help=f"answer tokens of evaluation and GRPO rollouts (default {GEN_LENGTH})")
+    ap.add_argument("--block-length", type=int, default=BLOCK_LENGTH, help=f"sampler block (default {BLOCK_LENGTH})")
+    ap.add_argument("--eval-steps", type=int, default=None,
+                    help=f"evaluation sampler steps (default: gen length / 2, d1's setting; {EVAL_STEPS} for "
+                         f"{GEN_LENGTH} tokens)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=YAML",
                     help="override a setting, e.g. --set sft.lr=1e-3 --set pretrain.document_format=bare "
@@ -275,6 +285,13 @@ def main(argv: list[str] | None = None) -> dict:
     apply_settings(args.set)
     TRAIN_SIZE = args.train_size
     ARITHMETIC_FACTS = args.arithmetic_facts
+    DEVICE, GEN_LENGTH, BLOCK_LENGTH = args.device, args.gen_length, args.block_length
+    EVAL_STEPS = args.eval_steps or GEN_LENGTH // 2
+    # Rollouts use the evaluation's sampler settings unless --set says otherwise.
+    explicit = {item.partition("=")[0] for item in args.set}
+    for key, value in (("gen_length", GEN_LENGTH), ("block_length", BLOCK_LENGTH), ("diffusion_steps", EVAL_STEPS)):
+        if f"grpo.{key}" not in explicit:
+            GRPO[key] = value
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -296,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
         steps = getattr(args, f"steps_{kind}")
         if budget is not None:
             steps = steps_for_budget(kind, budget, out, args.seed, model_path)
+        if kind == "grpo" and steps == 0:
+            break  # --steps-grpo 0: pre-training and SFT only
         cfg = stage_config(kind, out, args.seed, steps, model_path)
         t0 = time.perf_counter()
         summary = run_stage(kind, cfg)
@@ -314,10 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
             row["cd3"] = evals[kind]["cd3"].summary()
         print(json.dumps({k: v for k, v in row.items() if k != "last_metrics"}), flush=True)
 
-    gain = paired_gain(evals["sft"]["heldout"].correct, evals["grpo"]["heldout"].correct,
-                       seed=derive_seed(args.seed, "bootstrap"))
-    gain_cd3 = paired_gain(evals["sft"]["cd3"].correct, evals["grpo"]["cd3"].correct,
-                           seed=derive_seed(args.seed, "bootstrap-cd3"))
+    gain = gain_cd3 = None
+    if "grpo" in evals:
+        gain = paired_gain(evals["sft"]["heldout"].correct, evals["grpo"]["heldout"].correct,
+                           seed=derive_seed(args.seed, "bootstrap"))
+        gain_cd3 = paired_gain(evals["sft"]["cd3"].correct, evals["grpo"]["cd3"].correct,
+                               seed=derive_seed(args.seed, "bootstrap-cd3"))
     total = time.perf_counter() - t_all
     result = {"seed": args.seed, "total_seconds": total, "rows": rows, "gain_heldout": gain, "gain_cd3": gain_cd3,
               "settings": {"generator": GENERATOR, "train_size": TRAIN_SIZE, "heldout": HELDOUT,
@@ -341,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {row['stage']} | {row['seconds']:.0f} | {steps} | {held_s} | {cd3_s} |")
     print(f"| total | {total:.0f} | | | |")
     print()
+    if gain is None:
+        return result
     lo, hi = gain["bootstrap_ci"]
     nlo, nhi = gain["normal_ci"]
     print(f"GRPO gain on held-out: {100 * gain['gain']:+.1f} points, paired 95% CI "

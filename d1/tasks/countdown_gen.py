@@ -67,9 +67,13 @@ class CountdownSolution:
     steps: tuple[str, ...]
     value: Value
 
+    search: tuple[str, ...] = ()
+
     def worked_solution(self) -> str:
-        """The SFT target in the d1 format (reasoning steps, then the bare expression)."""
-        return "<reasoning>\n" + "\n".join(self.steps) + "\n</reasoning>\n<answer>\n" + self.expression + "\n</answer>"
+        """The SFT target in the d1 format (reasoning: the search lines if any, then the
+        steps; then the bare expression)."""
+        reasoning = "\n".join(self.search + self.steps)
+        return "<reasoning>\n" + reasoning + "\n</reasoning>\n<answer>\n" + self.expression + "\n</answer>"
 
 
 def _results(va: Value, ta: Tree, vb: Value, tb: Tree, integers_only: bool):
@@ -172,6 +176,65 @@ def _operands_for(target: int, z: int) -> set[int]:
     if z % target == 0:
         out.add(z // target)
     return out
+
+
+TRACES = ("steps", "search")
+# An empty slot: 0 is never a value here, and as a number it stays one token of its own
+# (a "-" would merge with the spaces around it into tokens of varying length).
+_NO_VALUE = "0"
+_MAX_SHOWN = 999  # larger needed values never meet a pair of small numbers; 0 keeps one token a slot
+
+
+def _pair_slots(numbers: list[int], i: int, j: int) -> list[tuple[int | None, Tree]]:
+    """(value, tree) of ``x + y``, ``x - y``, ``x * y``, ``x / y`` (larger first; None: not a positive integer)."""
+    hi, lo = (i, j) if numbers[i] >= numbers[j] else (j, i)
+    x, y = numbers[hi], numbers[lo]
+    return [(x + y, ("+", i, j)), (x - y if x > y else None, ("-", hi, lo)), (x * y, ("*", i, j)),
+            (x // y if x % y == 0 else None, ("/", hi, lo))]
+
+
+def _need_slots(target: int, z: int) -> list[tuple[int | None, str]]:
+    """(v, how v meets z) for every v with ``v op z == target`` or ``z op v == target``."""
+    return [(target - z if target > z else None, "v+z"), (target + z, "v-z"), (z - target if z > target else None, "z-v"),
+            (target // z if target % z == 0 else None, "v*z"), (target * z, "v/z"),
+            (z // target if z % target == 0 else None, "z/v")]
+
+
+def _slot_text(value: int | None) -> str:
+    return _NO_VALUE if value is None or value > _MAX_SHOWN else str(value)
+
+
+def search_trace(numbers: list[int], target: int) -> tuple[list[str], Tree] | None:
+    """The ``"search"`` reasoning of a 3-number puzzle: one line per number ``z`` (in the
+    puzzle's order) with the values the other two make and the values that would meet
+    ``z`` at the target, ``"17, 4: 21 13 68 0 | 14: 40 68 0 0 756 0"`` (0: no such
+    value; slots ``x+y x-y x*y x/y | T-z T+z z-T T/z T*z z/T``); returns those
+    lines and the tree of the first meeting (lines in order, need slots in order, pair
+    slots in order), or None when no pair meets (the puzzle is unsolvable).
+
+    Every slot holds one number (or ``-``) at a fixed place, so spotting the value both
+    sides of a line share is a lookup of equal tokens, which a tiny model learns in
+    minutes, while picking the first step of a solution blind (the ``"steps"`` trace)
+    is a search it has to do in one forward pass.
+    """
+    if len(numbers) != 3:
+        raise ValueError("the search trace is defined for 3 numbers")
+    lines: list[str] = []
+    found: Tree | None = None
+    for k in range(3):
+        i, j = [m for m in range(3) if m != k]
+        pair, need = _pair_slots(numbers, i, j), _need_slots(target, numbers[k])
+        lines.append(f"{numbers[i]}, {numbers[j]}: " + " ".join(_slot_text(v) for v, _ in pair)
+                     + f" | {numbers[k]}: " + " ".join(_slot_text(v) for v, _ in need))
+        if found is not None:
+            continue
+        for v, how in need:
+            tree = next((t for pv, t in pair if v is not None and pv == v and v <= _MAX_SHOWN), None)
+            if tree is not None:
+                found = {"v+z": ("+", tree, k), "v-z": ("-", tree, k), "z-v": ("-", k, tree),
+                         "v*z": ("*", tree, k), "v/z": ("/", tree, k), "z/v": ("/", k, tree)}[how]
+                break
+    return None if found is None else (lines, found)
 
 
 def _reaches(numbers: list[int], target: int) -> bool:
@@ -285,6 +348,7 @@ def generate_countdown(
     number_range: tuple[int, int] = NUMBER_RANGE,
     target_range: tuple[int, int] = TARGET_RANGE,
     max_misses_per_target: int | None = None,
+    trace: str = "steps",
 ) -> list[Example]:
     """``n`` distinct solvable puzzles with worked solutions (see the module doc).
 
@@ -295,6 +359,9 @@ def generate_countdown(
     in a row (None: keep it until a puzzle turns up, so targets stay uniform).
     Needed with small number ranges, where some targets run out of puzzles;
     with the default ranges the longest streak of misses is a few hundred.
+    ``trace``: the reasoning of the worked solution: ``"steps"`` (the ``a op b = c``
+    lines of the solver's solution) or ``"search"`` (3 numbers only: the
+    :func:`search_trace` lines, then the steps of the solution they find).
     Deterministic in (n, seed, num_numbers, exclude, ranges). Raises ConfigError
     for a bad parameter, or when no new puzzle turns up after many draws.
     """
@@ -310,6 +377,10 @@ def generate_countdown(
     ):
         raise ConfigError(f"countdown generator: max_misses_per_target must be a positive integer or null, "
                           f"got {max_misses_per_target!r}")
+    if trace not in TRACES:
+        raise ConfigError(f"countdown generator: trace must be one of {TRACES}, got {trace!r}")
+    if trace == "search" and num_numbers != 3:
+        raise ConfigError(f"countdown generator: the search trace needs num_numbers 3, got {num_numbers!r}")
     rng = random.Random(seed)
     seen = shipped_test_keys() | {_example_key(ex) for ex in exclude}
     out: list[Example] = []
@@ -327,7 +398,12 @@ def generate_countdown(
         if not _reaches(numbers, target) or puzzle_key(numbers, target) in seen:
             misses += 1
             continue
-        solution = _solution(reachable(numbers)[target], numbers)
+        if trace == "search":
+            lines, tree = search_trace(numbers, target)
+            solution = _solution(tree, numbers)
+            solution = CountdownSolution(solution.expression, solution.steps, solution.value, tuple(lines))
+        else:
+            solution = _solution(reachable(numbers)[target], numbers)
         if not is_valid_solution(numbers, target, solution.expression):  # guards the solver itself
             raise AssertionError(f"solver produced a wrong solution for {numbers} -> {target}")
         seen.add(puzzle_key(numbers, target))

@@ -214,8 +214,8 @@ class SudokuTask(Task):
         return Example(question=question, ground_truth=truth, meta={"puzzle": puzzle})
 
     def generate(self, n: int, *, seed: int, exclude: list[Example], **options: Any) -> list[Example]:
-        """See :func:`d1.tasks.sudoku_gen.generate_sudoku` (options: ``empty_cells``, ``reasons``)."""
-        unknown = sorted(set(options) - {"empty_cells", "reasons"})
+        """See :func:`d1.tasks.sudoku_gen.generate_sudoku` (options: ``empty_cells``, ``reasons``, ``trace``)."""
+        unknown = sorted(set(options) - {"empty_cells", "reasons", "trace"})
         if unknown:
             raise ConfigError(f"sudoku generator: unknown option(s) {', '.join(unknown)}")
         return generate_sudoku(n, seed=seed, exclude=exclude, **options)

@@ -13,7 +13,8 @@ never equal to a puzzle of the shipped d1 test set or of ``exclude``; a puzzle
 with a unique solution determines its grid, so the puzzle string is the
 identity. Only an explicit ``random.Random(seed)`` is used.
 
-Worked solution (the SFT target): the grid rows, then one line per filled cell
+Worked solution (the SFT target; ``trace="rows"`` gives a fixed-layout variant, see
+:func:`worked_solution`): the grid rows, then one line per filled cell
 in the order a person would find them: a *naked single* (the only digit the
 cell's row, column and box allow), else a *hidden single* (the only cell of a
 row/column/box that can take a digit), else the cell with the fewest
@@ -147,10 +148,33 @@ def deduction_steps(puzzle: str, solution: str, *, reasons: bool = True) -> list
     return lines
 
 
-def worked_solution(puzzle: str, solution: str, *, reasons: bool = True) -> str:
-    """The SFT target: grid rows, deduction lines, then the answer block."""
-    rows = " / ".join(puzzle[r : r + 4] for r in range(0, N_CELLS, 4))
-    body = "\n".join([f"Grid rows: {rows}"] + deduction_steps(puzzle, solution, reasons=reasons))
+TRACES = ("deductions", "rows")
+
+
+def _rows(grid: str) -> str:
+    return " / ".join(grid[r : r + 4] for r in range(0, N_CELLS, 4))
+
+
+def worked_solution(puzzle: str, solution: str, *, reasons: bool = True, trace: str = "deductions") -> str:
+    """The SFT target: the reasoning, then the answer block.
+
+    ``trace="deductions"``: the grid rows, then one deduction line per empty cell
+    (see the module doc). ``trace="rows"``: the grid rows, then the solved rows
+    (``"Solved rows: 1432 / 2341 / ..."``): every digit of the trace and of the
+    answer then sits at a fixed distance from the puzzle digit of its cell, whatever
+    the number of blanks, which a tiny model learns to line up far sooner than
+    the shifting layout of a variable number of deduction lines (the tiny CPU
+    profile's choice).
+    """
+    if trace not in TRACES:
+        raise ConfigError(f"sudoku generator: trace must be one of {TRACES}, got {trace!r}")
+    if trace == "rows":
+        if solve_sudoku(puzzle, limit=2) != [solution]:
+            raise ValueError(f"{solution} is not the unique solution of {puzzle}")
+        lines = [f"Grid rows: {_rows(puzzle)}", f"Solved rows: {_rows(solution)}"]
+    else:
+        lines = [f"Grid rows: {_rows(puzzle)}"] + deduction_steps(puzzle, solution, reasons=reasons)
+    body = "\n".join(lines)
     return f"<reasoning>\n{body}\n</reasoning>\n<answer>\n{solution}\n</answer>"
 
 
@@ -187,12 +211,13 @@ def shipped_test_puzzles() -> set[str]:
 
 def generate_sudoku(
     n: int, *, seed: int, empty_cells: tuple[int, int] = DEFAULT_EMPTY_CELLS, exclude: Iterable[Example] = (),
-    reasons: bool = True,
+    reasons: bool = True, trace: str = "deductions",
 ) -> list[Example]:
     """``n`` distinct unique-solution puzzles with worked solutions (see module doc).
 
     ``reasons=False`` leaves the reason out of each deduction line: a trace about
-    half as long (the tiny CPU profile's choice: a shorter generation length).
+    half as long. ``trace``: the layout of the worked solution, ``"deductions"``
+    (default) or ``"rows"`` (see :func:`worked_solution`).
 
     ``empty_cells``: inclusive (low, high) range of blanks per puzzle, within
     1..12. ``exclude``: Examples whose puzzles must not be produced (see
@@ -207,6 +232,8 @@ def generate_sudoku(
             f"sudoku generator: empty_cells must be [low, high] with 1 <= low <= high <= {MAX_EMPTY}, "
             f"got {empty_cells!r}"
         )
+    if trace not in TRACES:
+        raise ConfigError(f"sudoku generator: trace must be one of {TRACES}, got {trace!r}")
     rng = random.Random(seed)
     grids = all_grids()
     seen = shipped_test_puzzles() | {example_puzzle(ex) for ex in exclude}
@@ -227,5 +254,5 @@ def generate_sudoku(
             continue
         n_empty = None
         seen.add(puzzle)
-        out.append(sudoku_example(puzzle, grid, worked_solution(puzzle, grid, reasons=reasons)))
+        out.append(sudoku_example(puzzle, grid, worked_solution(puzzle, grid, reasons=reasons, trace=trace)))
     return out

@@ -20,6 +20,7 @@ from d1.tasks.countdown_gen import (
     is_valid_solution,
     puzzle_key,
     reachable,
+    search_trace,
     shipped_test_keys,
     solve_countdown,
 )
@@ -220,3 +221,63 @@ def test_small_range_needs_a_target_redraw():
 def test_bad_range_options(kwargs):
     with pytest.raises(ConfigError):
         generate_countdown(3, seed=0, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the search trace
+
+
+def _slots_by_hand(numbers, target, k):
+    """One search line's values, from the definition (0: not a positive integer, or above 999)."""
+    x, y = [numbers[m] for m in range(3) if m != k]
+    z = numbers[k]
+    hi, lo = max(x, y), min(x, y)
+    pair = [x + y, hi - lo, x * y, hi // lo if hi % lo == 0 else 0]
+    need = [target - z, target + z, z - target, target // z if target % z == 0 else 0, target * z,
+            z // target if z % target == 0 else 0]
+    return [v if 0 < v <= 999 else 0 for v in pair], [v if 0 < v <= 999 else 0 for v in need]
+
+
+def test_search_trace_lines_and_the_solution_they_find():
+    lines, tree = search_trace([14, 17, 4], 54)
+    assert lines == ["17, 4: 21 13 68 0 | 14: 40 68 0 0 756 0",
+                     "14, 4: 18 10 56 0 | 17: 37 71 0 0 918 0",
+                     "14, 17: 31 3 238 0 | 4: 50 58 0 0 216 0"]
+    assert _render(tree, [14, 17, 4]) == "17 * 4 - 14"  # 68 meets T + z = 68: v - z = T
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=3, max_size=3), st.integers(1, 100))
+def test_search_trace_matches_a_plain_search(numbers, target):
+    found = search_trace(numbers, target)
+    solvable = target in reachable(numbers)
+    assert (found is not None) == solvable
+    if found is None:
+        return
+    lines, tree = found
+    first = None
+    for k, line in enumerate(lines):
+        pair, need = _slots_by_hand(numbers, target, k)
+        left, right = line.split(" | ")
+        assert [int(v) for v in left.split(": ")[1].split()] == pair
+        assert [int(v) for v in right.split(": ")[1].split()] == need
+        if first is None and set(pair) & set(need) - {0}:
+            first = k
+    assert first is not None
+    expression = _render(tree, numbers)
+    assert is_valid_solution(numbers, target, expression)
+    assert first in (tree[1], tree[2])  # the number left out by the first line that meets joins last
+
+
+def test_generator_with_the_search_trace():
+    examples = generate_countdown(40, seed=2, number_range=(1, 20), max_misses_per_target=200, trace="search")
+    plain = generate_countdown(40, seed=2, number_range=(1, 20), max_misses_per_target=200)
+    assert [ex.question for ex in examples] == [ex.question for ex in plain]  # the trace changes nothing else
+    for ex in examples:
+        reasoning = ex.solution.split("<reasoning>\n")[1].split("\n</reasoning>")[0].splitlines()
+        assert len(reasoning) == 5 and all(" | " in line for line in reasoning[:3])
+        assert TASK.reward(ex.solution, ex).components["countdown"] == 1.0
+    with pytest.raises(ConfigError, match="trace must be one of"):
+        generate_countdown(2, seed=0, trace="lines")
+    with pytest.raises(ConfigError, match="num_numbers 3"):
+        generate_countdown(2, seed=0, num_numbers=4, trace="search")
+    assert len(TASK.generate(2, seed=0, exclude=[], trace="search")) == 2

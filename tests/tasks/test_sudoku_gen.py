@@ -195,3 +195,28 @@ def test_trace_without_reasons_is_shorter_and_still_earns_full_reward():
         assert [ln for ln in b.solution.splitlines() if ln.startswith("R")] == lines_a
         assert task.reward_components(b.solution, b)["sudoku"] == 1.0
     assert len(task.generate(3, seed=1, exclude=[], reasons=False)) == 3
+
+
+def test_rows_trace_has_a_fixed_layout_and_earns_full_reward():
+    task = get_task("sudoku")
+    deductions = generate_sudoku(20, seed=5, empty_cells=(4, 8))
+    rows = generate_sudoku(20, seed=5, empty_cells=(4, 8), trace="rows")
+    assert [ex.question for ex in deductions] == [ex.question for ex in rows]  # the trace changes nothing else
+    assert len({len(ex.solution) for ex in rows}) == 1  # 4 to 8 blanks, one length: every digit at a fixed place
+    for ex in rows:
+        puzzle, solution = ex.meta["puzzle"], ex.ground_truth
+        grid = " / ".join(puzzle[r:r + 4] for r in range(0, 16, 4))
+        solved = " / ".join(solution[r:r + 4] for r in range(0, 16, 4))
+        assert ex.solution == (f"<reasoning>\nGrid rows: {grid}\nSolved rows: {solved}\n</reasoning>\n"
+                               f"<answer>\n{solution}\n</answer>")
+        assert task.reward_components(ex.solution, ex)["sudoku"] == 1.0
+    assert len(task.generate(3, seed=1, exclude=[], trace="rows")) == 3
+
+
+def test_rows_trace_checks_its_inputs():
+    with pytest.raises(ConfigError, match="trace must be one of"):
+        generate_sudoku(2, seed=0, trace="grid")
+    with pytest.raises(ConfigError, match="trace must be one of"):
+        worked_solution("1000230042133124", "1432234142133124", trace="cells")
+    with pytest.raises(ValueError, match="not the unique solution"):
+        worked_solution("1000230042133124", "1432234142133142", trace="rows")
