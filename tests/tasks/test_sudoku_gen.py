@@ -218,5 +218,7 @@ def test_rows_trace_checks_its_inputs():
         generate_sudoku(2, seed=0, trace="grid")
     with pytest.raises(ConfigError, match="trace must be one of"):
         worked_solution("1000230042133124", "1432234142133124", trace="cells")
-    with pytest.raises(ValueError, match="not the unique solution"):
+    with pytest.raises(ValueError, match="not a solution"):  # not a valid grid
         worked_solution("1000230042133124", "1432234142133142", trace="rows")
+    with pytest.raises(ValueError, match="not a solution"):  # a valid grid that changes a given
+        worked_solution("1000230042133124", "2341412334121234", trace="rows")
