@@ -39,7 +39,7 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from importlib import resources
 from typing import Any, Iterable, Union
@@ -157,27 +157,6 @@ def _integer_values(numbers: list[int]) -> set[int]:
     return table[full]
 
 
-def _pair_values(a: int, b: int) -> set[int]:
-    out = {a + b, a * b}
-    if a != b:
-        out.add(abs(a - b))
-    if a % b == 0:
-        out.add(a // b)
-    if b % a == 0:
-        out.add(b // a)
-    return out
-
-
-def _operands_for(target: int, z: int) -> set[int]:
-    """Every v with ``v op z == target`` or ``z op v == target`` (non-positive ones never match)."""
-    out = {target - z, z - target, target + z, target * z}
-    if target % z == 0:
-        out.add(target // z)
-    if z % target == 0:
-        out.add(z // target)
-    return out
-
-
 TRACES = ("steps", "search")
 # An empty slot: 0 is never a value here, and as a number it stays one token of its own
 # (a "-" would merge with the spaces around it into tokens of varying length).
@@ -185,19 +164,27 @@ _NO_VALUE = "0"
 _MAX_SHOWN = 999  # larger needed values never meet a pair of small numbers; 0 keeps one token a slot
 
 
+def _pair_slot_values(x: int, y: int) -> list[int | None]:
+    """``x + y``, ``x - y``, ``x * y``, ``x / y`` with ``x >= y`` (None: not a positive integer)."""
+    return [x + y, x - y if x > y else None, x * y, x // y if x % y == 0 else None]
+
+
 def _pair_slots(numbers: list[int], i: int, j: int) -> list[tuple[int | None, Tree]]:
-    """(value, tree) of ``x + y``, ``x - y``, ``x * y``, ``x / y`` (larger first; None: not a positive integer)."""
+    """:func:`_pair_slot_values` of numbers ``i`` and ``j`` (larger first), each with its tree."""
     hi, lo = (i, j) if numbers[i] >= numbers[j] else (j, i)
-    x, y = numbers[hi], numbers[lo]
-    return [(x + y, ("+", i, j)), (x - y if x > y else None, ("-", hi, lo)), (x * y, ("*", i, j)),
-            (x // y if x % y == 0 else None, ("/", hi, lo))]
+    trees = (("+", i, j), ("-", hi, lo), ("*", i, j), ("/", hi, lo))
+    return list(zip(_pair_slot_values(numbers[hi], numbers[lo]), trees))
 
 
-def _need_slots(target: int, z: int) -> list[tuple[int | None, str]]:
-    """(v, how v meets z) for every v with ``v op z == target`` or ``z op v == target``."""
-    return [(target - z if target > z else None, "v+z"), (target + z, "v-z"), (z - target if z > target else None, "z-v"),
-            (target // z if target % z == 0 else None, "v*z"), (target * z, "v/z"),
-            (z // target if z % target == 0 else None, "z/v")]
+# How a needed value v meets z at the target, slot by slot (see _need_slot_values).
+_NEED_WAYS = ("v+z", "v-z", "z-v", "v*z", "v/z", "z/v")
+
+
+def _need_slot_values(target: int, z: int) -> list[int | None]:
+    """Every v with ``v op z == target`` or ``z op v == target``, in :data:`_NEED_WAYS` order
+    (None: not a positive integer)."""
+    return [target - z if target > z else None, target + z, z - target if z > target else None,
+            target // z if target % z == 0 else None, target * z, z // target if z % target == 0 else None]
 
 
 def _slot_text(value: int | None) -> str:
@@ -210,9 +197,11 @@ def search_trace(numbers: list[int], target: int) -> tuple[list[str], Tree] | No
     ``z`` at the target, ``"17, 4: 21 13 68 0 | 14: 40 68 0 0 756 0"`` (0: no such
     value; slots ``x+y x-y x*y x/y | T-z T+z z-T T/z T*z z/T``); returns those
     lines and the tree of the first meeting (lines in order, need slots in order, pair
-    slots in order), or None when no pair meets (the puzzle is unsolvable).
+    slots in order), or None when no pair meets at a value of at most 999 (the
+    puzzle is unsolvable, or every solution passes through a larger value, which a
+    slot cannot show).
 
-    Every slot holds one number (or ``-``) at a fixed place, so spotting the value both
+    Every slot holds one number (or ``0``) at a fixed place, so spotting the value both
     sides of a line share is a lookup of equal tokens, which a tiny model learns in
     minutes, while picking the first step of a solution blind (the ``"steps"`` trace)
     is a search it has to do in one forward pass.
@@ -223,7 +212,7 @@ def search_trace(numbers: list[int], target: int) -> tuple[list[str], Tree] | No
     found: Tree | None = None
     for k in range(3):
         i, j = [m for m in range(3) if m != k]
-        pair, need = _pair_slots(numbers, i, j), _need_slots(target, numbers[k])
+        pair, need = _pair_slots(numbers, i, j), list(zip(_need_slot_values(target, numbers[k]), _NEED_WAYS))
         lines.append(f"{numbers[i]}, {numbers[j]}: " + " ".join(_slot_text(v) for v, _ in pair)
                      + f" | {numbers[k]}: " + " ".join(_slot_text(v) for v, _ in need))
         if found is not None:
@@ -243,11 +232,11 @@ def _reaches(numbers: list[int], target: int) -> bool:
     if len(numbers) != 3:
         return target in _integer_values(numbers)
     a, b, c = numbers
-    return bool(
-        _pair_values(a, b) & _operands_for(target, c)
-        or _pair_values(a, c) & _operands_for(target, b)
-        or _pair_values(b, c) & _operands_for(target, a)
-    )
+    for (x, y), z in (((a, b), c), ((a, c), b), ((b, c), a)):
+        have = set(_pair_slot_values(max(x, y), min(x, y)))
+        if any(v is not None and v in have for v in _need_slot_values(target, z)):
+            return True
+    return False
 
 
 def _render(tree: Tree, numbers: list[int]) -> str:
@@ -361,7 +350,8 @@ def generate_countdown(
     with the default ranges the longest streak of misses is a few hundred.
     ``trace``: the reasoning of the worked solution: ``"steps"`` (the ``a op b = c``
     lines of the solver's solution) or ``"search"`` (3 numbers only: the
-    :func:`search_trace` lines, then the steps of the solution they find).
+    :func:`search_trace` lines, then the steps of the solution they find; puzzles
+    whose every solution passes through a value above 999 are skipped).
     Deterministic in (n, seed, num_numbers, exclude, ranges). Raises ConfigError
     for a bad parameter, or when no new puzzle turns up after many draws.
     """
@@ -399,9 +389,11 @@ def generate_countdown(
             misses += 1
             continue
         if trace == "search":
-            lines, tree = search_trace(numbers, target)
-            solution = _solution(tree, numbers)
-            solution = CountdownSolution(solution.expression, solution.steps, solution.value, tuple(lines))
+            found = search_trace(numbers, target)
+            if found is None:  # every solution passes through a value above 999 (numbers above 31)
+                misses += 1
+                continue
+            solution = replace(_solution(found[1], numbers), search=tuple(found[0]))
         else:
             solution = _solution(reachable(numbers)[target], numbers)
         if not is_valid_solution(numbers, target, solution.expression):  # guards the solver itself
