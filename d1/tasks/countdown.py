@@ -204,9 +204,9 @@ class CountdownTask(Task):
 
     def generate(self, n: int, *, seed: int, exclude: list[Example], **options: Any) -> list[Example]:
         """See :func:`d1.tasks.countdown_gen.generate_countdown` (options: ``num_numbers``,
-        ``number_range``, ``target_range``, ``max_misses_per_target``)."""
+        ``number_range``, ``target_range``, ``max_misses_per_target``, ``trace``, ``targets``)."""
         unknown = sorted(set(options) - {"num_numbers", "number_range", "target_range", "max_misses_per_target",
-                                         "trace"})
+                                         "trace", "targets"})
         if unknown:
             raise ConfigError(f"countdown generator: unknown option(s) {', '.join(unknown)}")
         return generate_countdown(n, seed=seed, exclude=exclude, **options)

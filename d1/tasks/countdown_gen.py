@@ -158,6 +158,30 @@ def _integer_values(numbers: list[int]) -> set[int]:
 
 
 TRACES = ("steps", "search")
+TARGET_MODES = ("uniform", "expression")
+
+
+def _random_expression_value(numbers: list[int], rng: random.Random) -> int | None:
+    """The value of a random expression over ``numbers`` (classic rules), or None when
+    it breaks them: two values of the pool, picked at random, are combined with a
+    random operation in a random order until one value is left (every tree shape)."""
+    pool = list(numbers)
+    while len(pool) > 1:
+        i, j = rng.sample(range(len(pool)), 2)
+        x, y = pool[i], pool[j]
+        op = rng.choice("+-*/")
+        if op == "+":
+            value = x + y
+        elif op == "-":
+            value = x - y if x > y else None
+        elif op == "*":
+            value = x * y
+        else:
+            value = x // y if x % y == 0 else None
+        if value is None:
+            return None
+        pool = [v for k, v in enumerate(pool) if k not in (i, j)] + [value]
+    return pool[0]
 # An empty slot: 0 is never a value here, and as a number it stays one token of its own
 # (a "-" would merge with the spaces around it into tokens of varying length).
 _NO_VALUE = "0"
@@ -338,6 +362,7 @@ def generate_countdown(
     target_range: tuple[int, int] = TARGET_RANGE,
     max_misses_per_target: int | None = None,
     trace: str = "steps",
+    targets: str = "uniform",
 ) -> list[Example]:
     """``n`` distinct solvable puzzles with worked solutions (see the module doc).
 
@@ -352,6 +377,12 @@ def generate_countdown(
     lines of the solver's solution) or ``"search"`` (3 numbers only: the
     :func:`search_trace` lines, then the steps of the solution they find; puzzles
     whose every solution passes through a value above 999 are skipped).
+    ``targets``: ``"uniform"`` (default: the target first, uniform over ``target_range``,
+    as d1's data) or ``"expression"`` (the numbers first, then the value of a random
+    expression over them, kept when it lies in ``target_range``: the way
+    expression-first puzzle sets are built; small targets and the sums and products
+    of the numbers come up far more often, so these puzzles are easier: see
+    benchmarks/README.md). The worked solution is the solver's, as with uniform targets.
     Deterministic in (n, seed, num_numbers, exclude, ranges). Raises ConfigError
     for a bad parameter, or when no new puzzle turns up after many draws.
     """
@@ -369,6 +400,8 @@ def generate_countdown(
                           f"got {max_misses_per_target!r}")
     if trace not in TRACES:
         raise ConfigError(f"countdown generator: trace must be one of {TRACES}, got {trace!r}")
+    if targets not in TARGET_MODES:
+        raise ConfigError(f"countdown generator: targets must be one of {TARGET_MODES}, got {targets!r}")
     if trace == "search" and num_numbers != 3:
         raise ConfigError(f"countdown generator: the search trace needs num_numbers 3, got {num_numbers!r}")
     rng = random.Random(seed)
@@ -382,9 +415,15 @@ def generate_countdown(
         if draws > max_draws:
             hint = "" if max_misses_per_target else " (a small number range? set max_misses_per_target)"
             raise ConfigError(f"countdown generator: could not find {n} distinct puzzles{hint}")
-        if target is None or misses >= give_up:
-            target, misses = rng.randint(*target_range), 0
-        numbers = [rng.randint(*number_range) for _ in range(num_numbers)]
+        if targets == "expression":
+            numbers = [rng.randint(*number_range) for _ in range(num_numbers)]
+            target = _random_expression_value(numbers, rng)
+            if target is None or not target_range[0] <= target <= target_range[1] or puzzle_key(numbers, target) in seen:
+                continue
+        else:
+            if target is None or misses >= give_up:
+                target, misses = rng.randint(*target_range), 0
+            numbers = [rng.randint(*number_range) for _ in range(num_numbers)]
         if not _reaches(numbers, target) or puzzle_key(numbers, target) in seen:
             misses += 1
             continue

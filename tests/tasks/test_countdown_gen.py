@@ -223,6 +223,73 @@ def test_bad_range_options(kwargs):
         generate_countdown(3, seed=0, **kwargs)
 
 
+# --- expression-first targets ------------------------------------------------------------
+
+def _expression_values_by_hand(numbers):
+    """Every value of an expression over 3 numbers under the classic rules, by brute force over
+    (pair, order, operation) choices: the values ``targets="expression"`` can draw."""
+    def combine(x, y):
+        out = {x + y, x * y}
+        if x > y:
+            out.add(x - y)
+        if x % y == 0:
+            out.add(x // y)
+        return out
+
+    values = set()
+    for k in range(3):
+        x, y = [numbers[m] for m in range(3) if m != k]
+        for v in combine(x, y) | combine(y, x):
+            values |= combine(v, numbers[k]) | combine(numbers[k], v)
+    return values
+
+
+def test_expression_targets_are_values_of_the_numbers_and_verified():
+    out = generate_countdown(400, seed=4, number_range=[1, 20], targets="expression")
+    assert len({puzzle_key(*e.ground_truth) for e in out}) == 400
+    for ex in out:
+        numbers, target = ex.ground_truth
+        assert all(1 <= x <= 20 for x in numbers) and 1 <= target <= 100
+        assert target in _expression_values_by_hand(numbers)
+        assert TASK.reward(ex.solution, ex).total == 1.0
+    assert not {puzzle_key(*e.ground_truth) for e in out} & shipped_test_keys()
+
+
+def test_expression_targets_favour_the_sums_and_small_targets():
+    # The reason the option exists: drawing the target from the numbers makes the
+    # simple puzzles common (measured: ~16% are "a + b + c" against ~8% with uniform targets).
+    uniform = generate_countdown(1000, seed=6, number_range=[1, 20], max_misses_per_target=200)
+    expression = generate_countdown(1000, seed=6, number_range=[1, 20], targets="expression")
+
+    def share_of_sums(examples):
+        return sum(sum(e.ground_truth[0]) == e.ground_truth[1] for e in examples) / len(examples)
+
+    def mean_target(examples):
+        return sum(e.ground_truth[1] for e in examples) / len(examples)
+
+    assert share_of_sums(expression) > 1.5 * share_of_sums(uniform)
+    assert mean_target(expression) < mean_target(uniform) - 10
+
+
+def test_expression_targets_deterministic_and_with_the_other_options():
+    a = generate_countdown(200, seed=3, number_range=[1, 20], targets="expression")
+    assert _serialised(a) == _serialised(generate_countdown(200, seed=3, number_range=[1, 20], targets="expression"))
+    assert _serialised(a) != _serialised(generate_countdown(200, seed=3, number_range=[1, 20]))
+    four = generate_countdown(100, seed=3, num_numbers=4, number_range=[1, 20], target_range=[10, 50],
+                              targets="expression")
+    assert all(len(e.ground_truth[0]) == 4 and 10 <= e.ground_truth[1] <= 50 for e in four)
+    searched = generate_countdown(50, seed=3, number_range=[1, 20], targets="expression", trace="search")
+    assert all(TASK.reward(e.solution, e).total == 1.0 for e in searched)
+
+
+def test_bad_targets_option_is_named():
+    with pytest.raises(ConfigError, match="targets must be one of .*'random'"):
+        generate_countdown(3, seed=0, targets="random")
+    with pytest.raises(ConfigError, match="unknown option"):
+        TASK.generate(3, seed=0, exclude=[], target_mode="expression")
+    assert len(TASK.generate(3, seed=0, exclude=[], targets="expression", number_range=[1, 20])) == 3
+
+
 # ----------------------------------------------------------------------------- the search trace
 
 
