@@ -67,8 +67,12 @@ TASK = "countdown"
 # ----------------------------------------------------------------------------- settings
 #
 # Puzzles: 3 numbers drawn from 1..20 (the prototype's range; d1's data use 1..100),
-# targets uniform in 1..100 while a target still has unused puzzles.
-GENERATOR = {"num_numbers": 3, "number_range": [1, 20], "target_range": [1, 100], "max_misses_per_target": 200}
+# the target the value of a random expression over them (``targets: expression``,
+# the way expression-first puzzle sets are built; our rebuild of the issue's
+# prototype follows its learning curve on these, not on uniform targets: see
+# benchmarks/README.md). ``--set generator.targets=uniform``: d1's uniform targets.
+GENERATOR = {"num_numbers": 3, "number_range": [1, 20], "target_range": [1, 100], "max_misses_per_target": 200,
+             "targets": "expression"}
 TRAIN_SIZE = 8000
 HELDOUT = 500
 
@@ -91,8 +95,9 @@ PRETRAIN = {
 }
 SFT = {
     "tasks": [TASK], "full_finetune": True, "max_length": 72,
-    "lr": 5e-4, "warmup_steps": 20, "lr_scheduler": "cosine", "weight_decay": 0.1,
-    "batch_size": 16, "grad_accum": 1, "adam_betas": [0.9, 0.999],
+    "lr": 1e-3, "warmup_steps": 20, "lr_scheduler": "cosine", "weight_decay": 0.1,
+    # 64 rows a step, padded to the step's longest: 2.3x the rows per second of 16 rows padded to 72
+    "batch_size": 64, "grad_accum": 1, "adam_betas": [0.9, 0.999], "pad_to": "longest",
     "save_steps": 0, "logging_steps": 10, "device": "cpu", "merge_adapter": False,
 }
 GRPO = {
@@ -104,7 +109,7 @@ GRPO = {
     "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 64,
 }
 ARITHMETIC_FACTS = False  # --arithmetic-facts: add arithmetic_facts() to the pre-training corpus
-STEPS = {"pretrain": 300, "sft": 700, "grpo": 40}
+STEPS = {"pretrain": 10, "sft": 1700, "grpo": 80}  # pre-training did not help SFT (benchmarks/README.md)
 
 
 # ----------------------------------------------------------------------------- evaluation

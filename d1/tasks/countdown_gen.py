@@ -25,7 +25,10 @@ out (small number ranges, large ``n``: e.g. only 31 triples from 1..20 make
 such targets then end up rarer. These ranges match d1's data:
 Jiayi-Pan/Countdown-Tasks-3to4 (training) and the cd3 test set, whose numbers
 and targets all lie in 1..100, targets roughly uniform. Every puzzle is
-therefore solvable with positive integer intermediates; its worked solution
+therefore solvable with positive integer intermediates. Option
+``targets="expression"`` instead draws the numbers first and takes the value of a
+random expression over them as the target (expression-first puzzle sets; easier,
+for the tiny CPU model). A puzzle's worked solution
 (the SFT target) lists the steps and the expression, and is checked with
 :mod:`d1.tasks.arith` before it is kept.
 Puzzles are unique by (sorted numbers, target) and never equal a puzzle of the
