@@ -172,19 +172,13 @@ def _random_expression_value(numbers: list[int], rng: random.Random) -> int | No
     while len(pool) > 1:
         i, j = rng.sample(range(len(pool)), 2)
         x, y = pool[i], pool[j]
-        op = rng.choice("+-*/")
-        if op == "+":
-            value = x + y
-        elif op == "-":
-            value = x - y if x > y else None
-        elif op == "*":
-            value = x * y
-        else:
-            value = x // y if x % y == 0 else None
+        value = _pair_slot_values(x, y)["+-*/".index(rng.choice("+-*/"))]  # x - y, x / y in the drawn order
         if value is None:
             return None
         pool = [v for k, v in enumerate(pool) if k not in (i, j)] + [value]
     return pool[0]
+
+
 # An empty slot: 0 is never a value here, and as a number it stays one token of its own
 # (a "-" would merge with the spaces around it into tokens of varying length).
 _NO_VALUE = "0"
@@ -192,7 +186,9 @@ _MAX_SHOWN = 999  # larger needed values never meet a pair of small numbers; 0 k
 
 
 def _pair_slot_values(x: int, y: int) -> list[int | None]:
-    """``x + y``, ``x - y``, ``x * y``, ``x / y`` with ``x >= y`` (None: not a positive integer)."""
+    """``x + y``, ``x - y``, ``x * y``, ``x / y`` in that order (None: not a positive integer:
+    ``x - y`` needs ``x > y``, ``x / y`` that ``y`` divides ``x``); callers pass the larger
+    first unless the order itself is drawn."""
     return [x + y, x - y if x > y else None, x * y, x // y if x % y == 0 else None]
 
 
