@@ -362,8 +362,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "grpo" in evals:
         gain = paired_gain(evals["sft"]["heldout"].correct, evals["grpo"]["heldout"].correct,
                            seed=derive_seed(args.seed, "bootstrap"))
-        gain_first = paired_gain(evals["sft"]["heldout"].correct[:HELDOUT],
-                                 evals["grpo"]["heldout"].correct[:HELDOUT], seed=derive_seed(args.seed, "bootstrap"))
+        if len(heldout) > HELDOUT:  # with no extra puzzles this is the gain above
+            gain_first = paired_gain(evals["sft"]["heldout"].correct[:HELDOUT],
+                                     evals["grpo"]["heldout"].correct[:HELDOUT],
+                                     seed=derive_seed(args.seed, "bootstrap"))
         gain_cd3 = paired_gain(evals["sft"]["cd3"].correct, evals["grpo"]["cd3"].correct,
                                seed=derive_seed(args.seed, "bootstrap-cd3"))
     total = time.perf_counter() - t_all
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"GRPO gain on held-out: {100 * gain['gain']:+.1f} points, paired 95% CI "
           f"[{100 * lo:+.1f}, {100 * hi:+.1f}] (bootstrap), [{100 * nlo:+.1f}, {100 * nhi:+.1f}] (normal); "
           f"{gain['improved']} puzzles gained, {gain['worsened']} lost")
-    if len(heldout) > HELDOUT:
+    if gain_first is not None:
         lo, hi = gain_first["bootstrap_ci"]
         print(f"GRPO gain on the first {HELDOUT} held-out: {100 * gain_first['gain']:+.1f} points, paired 95% CI "
               f"[{100 * lo:+.1f}, {100 * hi:+.1f}]")

@@ -117,7 +117,8 @@ def grpo_phase(model, train, args) -> dict:
     beta x k3 KL to the SFT model.
     """
     g = torch.Generator().manual_seed(args.seed + 100)
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    # beta 0: no KL term, so no reference model and no reference pass
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if args.beta > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=args.grpo_lr, weight_decay=0.0)
     G, mu = args.group, args.mu
     prompts = torch.tensor([prompt_ids(e) for e in train])
@@ -143,7 +144,7 @@ def grpo_phase(model, train, args) -> dict:
             old = [per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=args.p_mask_prompt,
                                    noisy_ids=n) for n in noisy]
             refs = [per_token_logps(ref, ids, prompt_mask, mask_id=MASK, p_mask_prompt=args.p_mask_prompt,
-                                    noisy_ids=n) for n in noisy]
+                                    noisy_ids=n) if ref is not None else None for n in noisy]
         model.train()
         for j in range(mu):
             logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=args.p_mask_prompt,
