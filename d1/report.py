@@ -158,6 +158,12 @@ def _pair_check(before: Cell, after: Cell) -> None:
                         f"length {after.gen_length}; paired gains need the same test items in the same order")
 
 
+# The gains' intervals resample test items of one run; a short RL stage moves scores by about as
+# much from one seed to the next (benchmarks/README.md, Session 6), which they do not include.
+SEED_NOTE = ("The interval covers the test items of this run, not the spread between training runs "
+             "(e.g. GRPO seeds: benchmarks/grpo_seeds.py).")
+
+
 def compute_gaps(cfg: ReportConfig, cells: dict, tasks: list[str], lengths: list[int]) -> dict:
     """``{"<after>-<before>": {task: {"<len>" | "all": gain record}}}`` in percentage points."""
     out: dict[str, dict] = {}
@@ -243,7 +249,7 @@ def markdown(results: dict) -> str:
     return (f"# Results\n\nAccuracy (%) on the held-out test sets, by task and generation length.\n\n{md(head, rows)}\n\n"
             f"## Gains\n\nPercentage points, with the 95% paired bootstrap interval over the same test items "
             f"({results['resamples']} resamples, seed {results['seed']}; `all` pools the lengths, resampling whole "
-            f"items); `*`: the interval excludes 0.\n\n{md(ghead, grows)}\n")
+            f"items); `*`: the interval excludes 0. {SEED_NOTE}\n\n{md(ghead, grows)}\n")
 
 
 # ----------------------------------------------------------------------------- plots and page
@@ -322,7 +328,7 @@ def html_page(results: dict, plots: list[Path]) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>d1 results</title><style>{style}</style>"
             f"</head><body><h1>d1 results</h1><p>Accuracy (%) on the held-out test sets.</p>{table(head, rows)}"
             f"<h2>Gains</h2><p>Percentage points with the 95% paired bootstrap interval ({results['resamples']} "
-            f"resamples); * = the interval excludes 0.</p>{table(ghead, grows)}<h2>Plots</h2>{imgs}</body></html>\n")
+            f"resamples); * = the interval excludes 0. {SEED_NOTE}</p>{table(ghead, grows)}<h2>Plots</h2>{imgs}</body></html>\n")
 
 
 def run_report(cfg: ReportConfig) -> dict:

@@ -79,6 +79,7 @@ def test_report_files_and_numbers(tmp_path, eval_dir):
     assert "| model | countdown 64 | countdown 128 | sudoku 64 | sudoku 128 |" in md
     assert "| d1 | 60.00 | 65.00 |" in md and "| +SFT |" in md and "| base | 10.00 |" in md
     assert "+30.00 [" in md
+    assert "not the spread between training runs" in md  # what the intervals leave out
     pngs = sorted(p.name for p in (out / "plots").iterdir())
     assert pngs == ["accuracy_countdown.png", "accuracy_sudoku.png", "reward_countdown.png"]
     for p in (out / "plots").iterdir():
