@@ -7,6 +7,7 @@ the GRPO gain on the held-out puzzles with its paired 95% CI.
     .venv/bin/python benchmarks/learning_countdown.py [--out DIR] [--seed N]
         [--steps-pretrain N --steps-sft N --steps-grpo N]
         [--budget-pretrain S --budget-sft S --budget-grpo S]
+        [--sft-from EARLIER_OUT --grpo-seed N]   # GRPO alone, another seed, same SFT model
 
 Chain (every step a library function; nothing here re-implements training):
 
@@ -59,7 +60,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from d1.config import from_dict, write_json_atomic  # noqa: E402
-from d1.data.io import write_jsonl  # noqa: E402
+from d1.data.io import sha256_file, write_jsonl  # noqa: E402
 from d1.prepare import PrepareConfig, builtin_path, prepare, read_split  # noqa: E402
 from d1.stats import paired_gain, wilson_interval  # noqa: E402
 from d1.tasks import get_task  # noqa: E402
@@ -280,6 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/learning_countdown")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grpo-seed", type=int, default=None,
+                    help="seed of the GRPO stage alone (default: --seed): GRPO's own run-to-run spread")
+    ap.add_argument("--sft-from", default=None, metavar="DIR",
+                    help="reuse the SFT model of an earlier run's --out DIR (same --seed and settings: its "
+                         "training split must match) instead of pre-training and SFT")
     for kind in ("pretrain", "sft", "grpo"):
         ap.add_argument(f"--steps-{kind}", type=int, default=STEPS[kind], help=f"optimiser steps (default {STEPS[kind]})")
         ap.add_argument(f"--budget-{kind}", type=float, default=None,
@@ -320,6 +326,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    sft_from = Path(args.sft_from).resolve() if args.sft_from else None
+    if sft_from is not None:
+        if sft_from == out.resolve():
+            raise SystemExit(f"--sft-from {args.sft_from}: must differ from --out (the run clears --out first)")
+        if not (sft_from / "sft" / "model").is_dir():
+            raise SystemExit(f"--sft-from {args.sft_from}: no SFT model at {sft_from / 'sft' / 'model'}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t_all = time.perf_counter()
@@ -330,6 +342,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_limit:
         heldout, cd3 = heldout[:args.eval_limit], cd3[:args.eval_limit]
     rows.append({"stage": "data", "seconds": time.perf_counter() - t0, "steps": None})
+    if sft_from is not None:
+        theirs, ours = (d / "data" / TASK / "train.jsonl" for d in (sft_from, out))
+        if not theirs.is_file() or sha256_file(theirs) != sha256_file(ours):
+            raise SystemExit(f"--sft-from {args.sft_from}: its training split differs from this run's "
+                             f"(another --seed, --train-size or generator setting?)")
 
     model_path: str | None = None
     evals: dict[str, dict[str, EvalResult]] = {}
@@ -340,13 +357,21 @@ def main(argv: list[str] | None = None) -> dict:
             steps = steps_for_budget(kind, budget, out, args.seed, model_path)
         if kind == "grpo" and steps == 0:
             break  # --steps-grpo 0: pre-training and SFT only
-        cfg = stage_config(kind, out, args.seed, steps, model_path)
-        t0 = time.perf_counter()
-        summary = run_stage(kind, cfg)
-        row = {"stage": kind, "seconds": time.perf_counter() - t0, "steps": summary["steps"],
-               "last_metrics": summary.get("last_metrics", {})}
-        rows.append(row)
-        model_path = summary["model_dir"]
+        if sft_from is not None and kind != "grpo":
+            if kind == "pretrain":
+                continue
+            row = {"stage": f"sft (from {sft_from})", "seconds": 0.0, "steps": None}
+            rows.append(row)
+            model_path = str(sft_from / "sft" / "model")
+        else:
+            seed = args.grpo_seed if kind == "grpo" and args.grpo_seed is not None else args.seed
+            cfg = stage_config(kind, out, seed, steps, model_path)
+            t0 = time.perf_counter()
+            summary = run_stage(kind, cfg)
+            row = {"stage": kind, "seconds": time.perf_counter() - t0, "steps": summary["steps"],
+                   "last_metrics": summary.get("last_metrics", {})}
+            rows.append(row)
+            model_path = summary["model_dir"]
         if kind in ("sft", "grpo"):
             t0 = time.perf_counter()
             evals[kind] = {"heldout": evaluate(Path(model_path), heldout, desc=f"{kind} held-out"),
@@ -369,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         gain_cd3 = paired_gain(evals["sft"]["cd3"].correct, evals["grpo"]["cd3"].correct,
                                seed=derive_seed(args.seed, "bootstrap-cd3"))
     total = time.perf_counter() - t_all
-    result = {"seed": args.seed, "total_seconds": total, "rows": rows, "gain_heldout": gain,
+    result = {"seed": args.seed, "grpo_seed": args.grpo_seed, "sft_from": args.sft_from, "total_seconds": total, "rows": rows, "gain_heldout": gain,
               "gain_heldout_first": gain_first, "gain_cd3": gain_cd3,
               "settings": {"generator": GENERATOR, "train_size": TRAIN_SIZE, "heldout": HELDOUT,
                            "extra_heldout": EXTRA_HELDOUT,
@@ -381,7 +406,8 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"Countdown, 3 numbers from {GENERATOR['number_range'][0]}..{GENERATOR['number_range'][1]}, "
           f"targets {GENERATOR['target_range'][0]}..{GENERATOR['target_range'][1]}; "
-          f"{len(heldout)} held-out puzzles; cd3 = d1's shipped test set (numbers 1..100); seed {args.seed}")
+          f"{len(heldout)} held-out puzzles; cd3 = d1's shipped test set (numbers 1..100); seed {args.seed}"
+          f"{'' if args.grpo_seed is None else f', GRPO seed {args.grpo_seed}'}")
     print()
     print("| stage | seconds | steps | held-out acc % [95% CI] | cd3 acc % |")
     print("|---|---|---|---|---|")
