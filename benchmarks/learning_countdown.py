@@ -351,15 +351,15 @@ def main(argv: list[str] | None = None) -> dict:
     model_path: str | None = None
     evals: dict[str, dict[str, EvalResult]] = {}
     for kind in ("pretrain", "sft", "grpo"):
+        if sft_from is not None and kind == "pretrain":
+            continue  # the reused SFT model's pre-training is done
         budget = getattr(args, f"budget_{kind}")
         steps = getattr(args, f"steps_{kind}")
-        if budget is not None:
+        if budget is not None and not (sft_from is not None and kind == "sft"):
             steps = steps_for_budget(kind, budget, out, args.seed, model_path)
         if kind == "grpo" and steps == 0:
             break  # --steps-grpo 0: pre-training and SFT only
-        if sft_from is not None and kind != "grpo":
-            if kind == "pretrain":
-                continue
+        if sft_from is not None and kind == "sft":
             row = {"stage": f"sft (from {sft_from})", "seconds": 0.0, "steps": None}
             rows.append(row)
             model_path = str(sft_from / "sft" / "model")
@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
         gain_cd3 = paired_gain(evals["sft"]["cd3"].correct, evals["grpo"]["cd3"].correct,
                                seed=derive_seed(args.seed, "bootstrap-cd3"))
     total = time.perf_counter() - t_all
-    result = {"seed": args.seed, "grpo_seed": args.grpo_seed, "sft_from": args.sft_from, "total_seconds": total, "rows": rows, "gain_heldout": gain,
+    result = {"seed": args.seed, "grpo_seed": args.grpo_seed, "sft_from": args.sft_from,
+              "total_seconds": total, "rows": rows, "gain_heldout": gain,
               "gain_heldout_first": gain_first, "gain_cd3": gain_cd3,
               "settings": {"generator": GENERATOR, "train_size": TRAIN_SIZE, "heldout": HELDOUT,
                            "extra_heldout": EXTRA_HELDOUT,
