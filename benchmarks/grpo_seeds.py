@@ -36,16 +36,8 @@ if str(REPO) not in sys.path:
 from d1.config import load_config, read_params, write_json_atomic  # noqa: E402
 from d1.data.io import read_records, write_jsonl  # noqa: E402
 from d1.errors import ConfigError  # noqa: E402
+from d1.report import read_cell, read_curve  # noqa: E402
 from d1.stats import paired_gain  # noqa: E402
-
-
-def per_item_scores(eval_dir: Path) -> tuple[list[int], list[int]]:
-    """(correct, total) per test item from the one generations file of an eval run."""
-    files = sorted(eval_dir.glob("*_generations.json"))
-    if len(files) != 1:
-        raise RuntimeError(f"expected one generations file in {eval_dir}, found {len(files)}")
-    items = json.loads(files[0].read_text())["generations"]
-    return [it["correct"] for it in items], [it["total"] for it in items]
 
 
 def evaluate(params: Path, section: str, task: str, length: int, model: str, out: Path) -> tuple[float, list, list]:
@@ -55,9 +47,9 @@ def evaluate(params: Path, section: str, task: str, length: int, model: str, out
         f"eval.model={model}", "eval.model_name=model", "eval.models={}", f"eval.tasks=[{task}]",
         f"eval.gen_lengths=[{length}]", f"eval.out_dir={out}",
     ])
-    metrics = run_eval(cfg)
-    correct, total = per_item_scores(out)
-    return metrics[task][str(length)]["accuracy"], correct, total
+    run_eval(cfg)
+    cell = read_cell(out, "model", task, length)  # the eval stage's metrics.json + generations file
+    return cell.accuracy, cell.correct, cell.totals
 
 
 def run_grpo_stage(params: Path, section: str, task: str, out: Path, overrides: list[str]) -> tuple[dict, float, list]:
@@ -74,9 +66,10 @@ def run_grpo_stage(params: Path, section: str, task: str, out: Path, overrides: 
 def reward_per_round(logging_dir: Path, steps_per_round: int) -> list[float]:
     """The training reward of each round: dvclive logs one value per optimiser step, and the
     ``steps_per_round`` (mu) steps of a round share its rollouts, so the first of each is kept."""
-    rows = (logging_dir / "plots" / "metrics" / "reward" / "mean.tsv").read_text().split("\n")[1:]
-    pairs = [r.split("\t") for r in rows if r.strip()]
-    return [float(v) for step, v in pairs if (int(step) - 1) % steps_per_round == 0]
+    curve = read_curve(logging_dir, "reward/mean")
+    if curve is None:
+        raise RuntimeError(f"{logging_dir}: no reward/mean metric logged")
+    return [v for step, v in zip(*curve) if (int(step) - 1) % steps_per_round == 0]
 
 
 def overfit_data(data_dir: Path, task: str, n: int, out: Path) -> Path:

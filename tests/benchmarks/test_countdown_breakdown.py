@@ -1,0 +1,75 @@
+"""benchmarks/countdown_breakdown.py on a hand-built learning_countdown.py output folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "countdown_breakdown.py"
+
+
+@pytest.fixture(scope="module")
+def breakdown():
+    spec = importlib.util.spec_from_file_location("countdown_breakdown", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _solution(expr: str) -> str:
+    return f"<reasoning>\n...\n</reasoning>\n<answer>\n{expr}\n</answer>"
+
+
+def _run_folder(root: Path, name: str, sft: list[tuple[str, int]], grpo: list[tuple[str, int]]) -> Path:
+    out = root / name
+    out.mkdir()
+    puzzles = [("Numbers: [1, 2, 3]\nTarget: 6", "1 + 2 + 3"), ("Numbers: [4, 5, 2]\nTarget: 18", "4 * 5 - 2"),
+               ("Numbers: [9, 3, 1]\nTarget: 5", "9 - 3 - 1"), ("Numbers: [2, 2, 7]\nTarget: 11", "2 + 2 + 7")]
+    (out / "heldout.jsonl").write_text("".join(json.dumps({"question": q, "solution": _solution(e)}) + "\n"
+                                                for q, e in puzzles))
+    for stage, rows in (("sft", sft), ("grpo", grpo)):
+        items = [{"question": q, "generations": _solution(text) + "<|eot_id|>" if text else "garbage", "correct": c}
+                 for (q, _), (text, c) in zip(puzzles, rows)]
+        (out / f"eval_{stage}_heldout.json").write_text(json.dumps({"generations": items}))
+    (out / "results.json").write_text(json.dumps({"seed": 0, "grpo_seed": 7, "sft_from": None}))
+    return out
+
+
+def test_operator_set_is_sorted_and_distinct(breakdown):
+    assert breakdown.operator_set("7 * 3 - 2") == "-*"
+    assert breakdown.operator_set("(1 + 2) + 3") == "+"
+    assert breakdown.operator_set("12 / 4 * 3") == "*/"
+    assert breakdown.operator_set("42") == ""
+
+
+def test_breakdown_splits_accuracy_by_solution_kind(breakdown, tmp_path, capsys):
+    out = _run_folder(tmp_path, "run", sft=[("1 + 2 + 3", 1), ("4 * 5 * 2", 0), ("9 * 3 * 1", 0), ("", 0)],
+                      grpo=[("1 + 2 + 3", 1), ("4 * 5 - 2", 1), ("9 - 3 - 1", 1), ("2 + 2 + 7", 1)])
+    breakdown.main([str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| model | `+`"))
+    assert header.split(" | ")[1:4] == ["`+` (2)", "`-*` (1)", "`-` (1)"]
+    split = next(i for i, line in enumerate(lines) if line.startswith("operators per"))
+
+    def table(part: list[str]) -> dict[str, list[str]]:
+        return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                                   for line in part if line.startswith("| run "))}
+
+    accuracy, operators = table(lines[:split]), table(lines[split:])
+    # accuracy per kind (`+`, `-*`, `-`, all): sft solves one of the two `+` puzzles and nothing else
+    assert accuracy["run sft"] == ["50.0", "0.0", "0.0", "25.0"]
+    assert accuracy["run grpo (GRPO seed 7)"] == ["100.0", "100.0", "100.0", "100.0"]
+    # operators per answer (+ - * /, no answer): sft wrote 2 `+` and 4 `*` in 4 answers, one answer missing
+    assert operators["run sft"] == ["0.50", "0.00", "1.00", "0.00", "0.25"]
+    assert operators["run grpo (GRPO seed 7)"] == ["1.00", "0.75", "0.25", "0.00", "0.00"]
+
+
+def test_breakdown_refuses_folders_of_other_puzzles(breakdown, tmp_path):
+    a = _run_folder(tmp_path, "a", sft=[("1 + 2 + 3", 1)] * 4, grpo=[("1 + 2 + 3", 1)] * 4)
+    b = _run_folder(tmp_path, "b", sft=[("1 + 2 + 3", 1)] * 4, grpo=[("1 + 2 + 3", 1)] * 4)
+    (b / "heldout.jsonl").write_text(json.dumps({"question": "other", "solution": _solution("1 + 1")}) + "\n")
+    with pytest.raises(SystemExit, match="other held-out puzzles"):
+        breakdown.main([str(a), str(b)])
