@@ -73,3 +73,30 @@ def test_breakdown_refuses_folders_of_other_puzzles(breakdown, tmp_path):
     (b / "heldout.jsonl").write_text(json.dumps({"question": "other", "solution": _solution("1 + 1")}) + "\n")
     with pytest.raises(SystemExit, match="other held-out puzzles"):
         breakdown.main([str(a), str(b)])
+
+
+def test_marginals_are_operator_shares_of_each_model(breakdown, tmp_path, capsys):
+    from d1.tasks import get_task
+    from tests.train.conftest import save_tiny_base, write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    out = tmp_path / "run"
+    out.mkdir()
+    examples = get_task("countdown").generate(4, seed=3, exclude=[], num_numbers=3)
+    (out / "heldout.jsonl").write_text("".join(json.dumps(ex.to_record()) + "\n" for ex in examples))
+    for stage in ("sft", "grpo"):
+        items = [{"question": ex.question, "generations": ex.solution, "correct": 1} for ex in examples]
+        (out / f"eval_{stage}_heldout.json").write_text(json.dumps({"generations": items}))
+        save_tiny_base(data, out / stage / "model")  # the same weights twice: the two rows must agree
+    breakdown.main([str(out), "--marginals", "3", "--gen-length", "8"])
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("fully-masked operator marginals"))
+    assert "first 3 puzzles" in lines[start]
+    rows = [line for line in lines[start:] if line.startswith("| run ")]
+    assert [r.split(" | ")[0] for r in rows] == ["| run sft", "| run grpo"]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert cells[0][1:] == cells[1][1:]
+    overall = [float(x) for x in cells[0][-3].split(" / ")]  # the `all` column: shares of + - * /
+    assert len(overall) == 4 and abs(sum(overall) - 1) < 0.02 and all(0 <= x <= 1 for x in overall)
+    # the greedy answers here are the reference solutions, so their spread is the reference's
+    assert f"(reference solutions: {cells[0][-1]})" in lines[start]
