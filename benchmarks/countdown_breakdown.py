@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 from collections import Counter
 from pathlib import Path
 
-ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from d1.data.io import read_records  # noqa: E402
+from d1.tasks.formats import first_answer_block  # noqa: E402
+
 OPERATORS = "+-*/"
 
 
@@ -42,27 +46,24 @@ def operator_set(expression: str) -> str:
     return "".join(sorted({c for c in expression if c in OPERATORS}, key=OPERATORS.index))
 
 
-def reference_kinds(out: Path) -> tuple[list[str], list[str]]:
-    """(questions, kinds) of the held-out puzzles of one run, in evaluation order."""
-    rows = heldout_rows(out)
-    kinds = []
-    for row in rows:
-        m = ANSWER.search(row["solution"])
-        if m is None:
-            raise SystemExit(f"{out}: a held-out solution has no <answer>: {row['solution'][:80]!r}")
-        kinds.append(operator_set(m.group(1)))
-    return [row["question"] for row in rows], kinds
-
-
 def heldout_rows(out: Path) -> list[dict]:
+    """The held-out puzzles of one run (with the generator's worked solutions), in evaluation order."""
     rows = []
     for name in ("heldout.jsonl", "heldout_extra.jsonl"):
-        path = out / name
-        if path.is_file():
-            rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if (out / name).is_file():
+            rows += read_records(str(out / name))
     if not rows:
         raise SystemExit(f"{out}: no heldout.jsonl (not a learning_countdown.py --out folder?)")
     return rows
+
+
+def reference_answers(out: Path, rows: list[dict]) -> list[str]:
+    """The ``<answer>`` expression of each held-out puzzle's reference solution."""
+    answers = [first_answer_block(row["solution"]) for row in rows]
+    if None in answers:
+        bad = rows[answers.index(None)]["solution"]
+        raise SystemExit(f"{out}: a held-out solution has no <answer>: {bad[:80]!r}")
+    return answers
 
 
 def operator_shares(expressions: list[str]) -> list[list[float]]:
@@ -129,14 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gen-length", type=int, default=32, help="masked completion length for --marginals (default 32)")
     args = ap.parse_args(argv)
 
-    questions, kinds = reference_kinds(args.outs[0])
+    rows = heldout_rows(args.outs[0])
+    answers = reference_answers(args.outs[0], rows)
+    questions, kinds = [row["question"] for row in rows], [operator_set(a) for a in answers]
     counts = Counter(kinds)
     columns = [k for k, _ in counts.most_common(args.kinds)]
     models: list[tuple[str, list[dict], Path]] = []
     seen_sft: set[str] = set()
     for out in args.outs:
-        q, _ = reference_kinds(out)
-        if q != questions:
+        if out != args.outs[0] and [row["question"] for row in heldout_rows(out)] != questions:
             raise SystemExit(f"{out}: other held-out puzzles than {args.outs[0]} (another --seed?)")
         results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
         sft_key = str(Path(results.get("sft_from") or out).resolve())
@@ -174,22 +176,23 @@ def main(argv: list[str] | None = None) -> None:
         ops: Counter = Counter()
         missing = 0
         for it in items:
-            m = ANSWER.search(it["generations"])
-            if m is None:
+            answer = first_answer_block(it["generations"])
+            if answer is None:
                 missing += 1
                 continue
-            ops.update(c for c in m.group(1) if c in OPERATORS)
+            ops.update(c for c in answer if c in OPERATORS)
         n = len(items)
         print(f"| {label} | " + " | ".join(f"{ops[op] / n:.2f}" for op in OPERATORS) + f" | {missing / n:.2f} |")
 
     if args.marginals:
-        print_marginals(args, models, kinds, columns)
+        print_marginals(args, models, rows, answers, kinds, columns)
 
 
-def print_marginals(args: argparse.Namespace, models: list, kinds: list[str], columns: list[str]) -> None:
+def print_marginals(args: argparse.Namespace, models: list, rows: list[dict], answers: list[str],
+                    kinds: list[str], columns: list[str]) -> None:
     n = min(args.marginals, len(kinds))
-    records = heldout_rows(args.outs[0])[:n]
-    reference = operator_shares([ANSWER.search(r["solution"]).group(1) for r in records])
+    records = rows[:n]
+    reference = operator_shares(answers[:n])
     print()
     print(f"fully-masked operator marginals (share of `+` / `-` / `*` / `/`) on the first {n} puzzles, by solution "
           f"kind; spread = mean TV distance to the mean (reference solutions: {spread(reference):.2f})")
@@ -199,13 +202,13 @@ def print_marginals(args: argparse.Namespace, models: list, kinds: list[str], co
     for label, items, model_dir in models:
         if not model_dir.is_dir():
             raise SystemExit(f"--marginals: no model at {model_dir}")
-        rows = masked_marginals(model_dir, records, args.gen_length)
-        greedy = operator_shares([(m.group(1) if (m := ANSWER.search(it["generations"])) else "") for it in items[:n]])
+        shares = masked_marginals(model_dir, records, args.gen_length)
+        greedy = operator_shares([first_answer_block(it["generations"]) or "" for it in items[:n]])
         cells = []
         for k in [*columns, None]:
-            sel = [r for r, kind in zip(rows, kinds[:n]) if k is None or kind == k]
+            sel = [r for r, kind in zip(shares, kinds[:n]) if k is None or kind == k]
             cells.append(" / ".join(f"{sum(col) / len(sel):.2f}" for col in zip(*sel)) if sel else "")
-        print(f"| {label} | " + " | ".join(cells) + f" | {spread(rows):.2f} | {spread(greedy):.2f} |")
+        print(f"| {label} | " + " | ".join(cells) + f" | {spread(shares):.2f} | {spread(greedy):.2f} |")
 
 
 if __name__ == "__main__":
