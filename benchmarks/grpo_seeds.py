@@ -21,7 +21,6 @@ never into the workspace's ``outputs/``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
