@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="also the fully-masked operator marginals of each model on the first N puzzles")
     ap.add_argument("--gen-length", type=int, default=32, help="masked completion length for --marginals (default 32)")
     args = ap.parse_args(argv)
+    for flag, value, least in (("--marginals", args.marginals, 0), ("--gen-length", args.gen_length, 1),
+                               ("--kinds", args.kinds, 1)):
+        if value < least:
+            raise SystemExit(f"{flag} must be >= {least}, got {value}")
 
     rows = heldout_rows(args.outs[0])
     answers = reference_answers(args.outs[0], rows)

@@ -100,3 +100,9 @@ def test_marginals_are_operator_shares_of_each_model(breakdown, tmp_path, capsys
     assert len(overall) == 4 and abs(sum(overall) - 1) < 0.02 and all(0 <= x <= 1 for x in overall)
     # the greedy answers here are the reference solutions, so their spread is the reference's
     assert f"(reference solutions: {cells[0][-1]})" in lines[start]
+
+
+@pytest.mark.parametrize("flags", [["--marginals", "-1"], ["--gen-length", "0"], ["--kinds", "0"]])
+def test_breakdown_refuses_bad_counts_before_reading(breakdown, tmp_path, flags):
+    with pytest.raises(SystemExit, match=f"^{flags[0]} must be >= .*, got {flags[1]}$"):
+        breakdown.main([str(tmp_path / "missing"), *flags])
