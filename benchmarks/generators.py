@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rows = [_countdown(args.n, args.seed, 3), _countdown(args.n, args.seed, 4), _sudoku(args.n, args.seed)]
-    print(f"| generator | puzzles | seconds | puzzles/s | solver-verified | in test set | same seed -> same bytes |")
+    print("| generator | puzzles | seconds | puzzles/s | solver-verified | in test set | same seed -> same bytes |")
     print("|---|---|---|---|---|---|---|")
     for name, n, secs, verified, overlap, same in rows:
         print(f"| {name} | {n} | {secs:.2f} | {n / secs:,.0f} | {verified} | {overlap} | {same} |")
