@@ -34,11 +34,6 @@ if str(REPO) not in sys.path:
 TASK = "countdown"
 
 
-def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids)
-    return out.logits if hasattr(out, "logits") else out
-
-
 def first_result_position(response: str, offsets: list[tuple[int, int]]) -> int | None:
     """Index of the response token holding the first trace line's result (after the first ``= ``), or None."""
     match = re.search(r"= ", response)
@@ -51,6 +46,7 @@ def first_result_position(response: str, offsets: list[tuple[int, int]]) -> int 
 @torch.no_grad()
 def probe_first_result(model, tokenizer, examples: list, *, mask_id: int) -> dict[str, list[int]]:
     """Per example with a trace line: 1/0 for the argmax at the first result token in each context."""
+    from d1.generation.sampler import as_logits
     from d1.tasks import get_task
     from d1.train.sft import sft_texts
 
@@ -67,9 +63,9 @@ def probe_first_result(model, tokenizer, examples: list, *, mask_id: int) -> dic
         j = len(p_ids) + index
         shown = gold.clone()
         shown[0, j] = mask_id
-        hits["rest gold"].append(int(_logits(model, shown)[0, j].argmax() == gold[0, j]))
+        hits["rest gold"].append(int(as_logits(model(shown))[0, j].argmax() == gold[0, j]))
         shown[0, j:] = mask_id
-        hits["rest masked"].append(int(_logits(model, shown)[0, j].argmax() == gold[0, j]))
+        hits["rest masked"].append(int(as_logits(model(shown))[0, j].argmax() == gold[0, j]))
     return hits
 
 
@@ -95,7 +91,6 @@ def main(argv: list[str] | None = None) -> dict:
     import learning_countdown as lc
     from d1.models.loading import load_for_inference, token_ids
     from d1.prepare import read_split
-    from d1.stats import wilson_interval
 
     if args.block_length is not None:
         if args.block_length < 1 or lc.GEN_LENGTH % args.block_length:
@@ -108,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|")
     for name, label in (("train", "training"), ("test", "held-out")):
         res = lc.evaluate(model_dir, splits[name], desc=label)
-        lo, hi = wilson_interval(sum(res.correct), len(res.correct))
+        lo, hi = res.summary()["ci95"]
         result["solved"][name] = res.accuracy
         print(f"| {label} | {100 * res.accuracy:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] |")
 
