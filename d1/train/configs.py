@@ -246,6 +246,13 @@ class SFTConfig(TrainConfigBase):
     ``solution`` (d1 used s1K, which is not a task here; put it in a task to use
     it). ``merge_adapter``: after LoRA training, merge the adapter into the base
     and write the standalone model to ``<out_dir>/model`` (d1 practice before RL).
+
+    ``prefix_marker`` (extension, not in d1; empty = off, d1's data): a
+    ``prefix_fraction`` of the examples whose response contains the marker also
+    get a copy whose never-masked prompt runs through the marker's first
+    occurrence (:func:`d1.train.sft.prefix_copy`). The objective is d1's on every
+    row; only the data gains rows. Measured on the tiny Countdown model with
+    ``" = "`` in ``benchmarks/README.md`` (Session 9).
     """
 
     SECTION: ClassVar[str] = "sft"
@@ -269,10 +276,14 @@ class SFTConfig(TrainConfigBase):
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
     merge_adapter: bool = True
+    prefix_marker: str = ""
+    prefix_fraction: float = 1.0
 
     def validate(self) -> None:
         super().validate()
         s = self.SECTION
+        if not 0.0 <= self.prefix_fraction <= 1.0:
+            _fail(f"{s}.prefix_fraction", f"must be in [0, 1], got {self.prefix_fraction}")
         if self.max_length < 2:
             _fail(f"{s}.max_length", f"must be >= 2, got {self.max_length}")
         _one_of(s, "pad_to", self.pad_to, ("max_length", "longest"))

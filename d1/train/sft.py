@@ -13,6 +13,9 @@ a worked ``solution``). An example becomes
   ``pad_to: longest`` pads to the longest row of the optimiser step instead
   (deviation, for CPU runs mixing short and long tasks: a Countdown row padded
   to a Sudoku row's length is mostly padding).
+* ``prefix_marker`` (extension, off by default): examples whose response
+  contains the marker also get a copy whose prompt runs through the marker
+  (:func:`prefix_copy`); the copies follow the plain rows.
 
 Objective (:mod:`d1.algo.masking`): per row ``t ~ U(eps, 1)``, each response
 token masked with probability ``t``, loss = sum over masked tokens of CE / t
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,14 +98,24 @@ class TokenRows:
 
 
 def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_length: int,
-             max_examples: int | None = None) -> tuple[TokenRows, dict]:
-    """Tokenised SFT rows of the tasks' prepared train splits, and counts of what was kept."""
+             max_examples: int | None = None, prefix_marker: str = "", prefix_fraction: float = 1.0,
+             seed: int = 0) -> tuple[TokenRows, dict]:
+    """Tokenised SFT rows of the tasks' prepared train splits, and counts of what was kept.
+
+    ``prefix_marker`` (extension, off when empty): a ``prefix_fraction`` of the
+    examples whose response contains the marker (drawn with ``seed``) get one more
+    row, :func:`prefix_copy`, after all the plain rows.
+    """
     from d1.prepare import read_split
     from d1.tasks import get_task
 
     prompts: list[list[int]] = []
     responses: list[list[int]] = []
     stats = {"examples": 0, "no_solution": 0, "prompt_too_long": 0, "truncated": 0}
+    copies: list[tuple[list[int], list[int]]] = []
+    if prefix_marker:
+        stats["prefix_skipped"] = 0
+    chooser = random.Random(seed)
     for name in task_names:
         task = get_task(name)
         examples = read_split(data_dir, name, "train")
@@ -123,11 +137,45 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
                 stats["truncated"] += 1
             prompts.append(p_ids)
             responses.append(r_ids)
+            if prefix_marker:
+                copy = prefix_copy(tokenizer, p_ids, r_text, prefix_marker)
+                if copy is None or len(copy[0]) >= max_length:
+                    stats["prefix_skipped"] += 1
+                elif chooser.random() < prefix_fraction:
+                    copies.append(copy)
         if len(prompts) == kept_before:
             raise DataError(f"sft: task {name!r} has no usable training example (worked solution, prompt shorter "
                             f"than max_length {max_length}) in {data_dir}")
+    for p_ids, r_ids in copies:
+        prompts.append(p_ids)
+        responses.append(r_ids)
+    if prefix_marker:
+        stats["prefix_copies"] = len(copies)
     stats["rows"] = len(prompts)
     return TokenRows(prompts, responses), stats
+
+
+def prefix_copy(tokenizer: Any, prompt_ids: list[int], response: str,
+                marker: str) -> tuple[list[int], list[int]] | None:
+    """(prompt ids, response ids) of a row whose never-masked part runs through ``marker``.
+
+    The response text is cut right after the marker's first occurrence; the
+    tokens of the part before the cut join ``prompt_ids`` (so they are never
+    masked; each side is tokenised on its own, as prompt and response are) and
+    the rest stays the response. ``None`` when the response has no marker or nothing after it. Why:
+    d1's objective learns a token whose context is prompt an order of magnitude
+    faster than one whose context is itself masked response
+    (``benchmarks/fact_learning.py``); with marker ``" = "`` a Countdown worked
+    solution's first intermediate result is learned with its operands as prompt
+    (``benchmarks/README.md``, Session 9).
+    """
+    cut = response.find(marker)
+    if cut < 0 or cut + len(marker) >= len(response):
+        return None
+    cut += len(marker)
+    head = tokenizer(response[:cut], add_special_tokens=False)["input_ids"]
+    tail = tokenizer(response[cut:], add_special_tokens=False)["input_ids"]
+    return list(prompt_ids) + head, tail
 
 
 # ----------------------------------------------------------------------------- the shared loop
@@ -254,7 +302,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, callbacks: Sequence[StepCal
     model = load_base_model(cfg.model_path, cfg, run.device)
     ids = _token_ids(model, tokenizer)
     rows, data_stats = sft_rows(tokenizer, cfg.data_dir, cfg.tasks, max_length=cfg.max_length,
-                                max_examples=cfg.max_examples)
+                                max_examples=cfg.max_examples, prefix_marker=cfg.prefix_marker,
+                                prefix_fraction=cfg.prefix_fraction, seed=cfg.seed)
     model = prepare_trainable(model, cfg)
     params = count_parameters(model)
     last = train_masked_diffusion(run, model, tokenizer, rows, mask_id=ids.mask_id, eos_id=ids.eos_id,

@@ -231,3 +231,43 @@ def test_pad_to_longest_keeps_accumulation_exact_and_shortens_rows(tiny_base, ti
     assert seen == [longest]
     with pytest.raises(ConfigError, match="pad_to"):
         sft_config(tiny_base, tiny_data, tmp_path / "d", pad_to="shortest")
+
+
+def test_prefix_copies_move_the_response_head_into_the_never_masked_prompt(tiny_base, tiny_data, tmp_path):
+    tokenizer = load_tokenizer(tiny_base)
+    plain, plain_stats = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN)
+    rows, stats = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN, prefix_marker=" = ")
+    n = len(plain)
+    assert "prefix_copies" not in plain_stats
+    assert stats["prefix_copies"] == n and stats["rows"] == 2 * n and stats["prefix_skipped"] == 0
+    assert rows.prompts[:n] == plain.prompts and rows.responses[:n] == plain.responses
+    for i in range(n):
+        head = rows.prompts[n + i][len(plain.prompts[i]):]
+        # The copy is the same token sequence, split later: prompt + head + tail == prompt + response.
+        assert rows.prompts[n + i][:len(plain.prompts[i])] == plain.prompts[i]
+        assert head + rows.responses[n + i] == plain.responses[i]
+        # Cut right after the first " = ": the head's text ends with it and holds no earlier one.
+        head_text = tokenizer.decode(head)
+        assert head_text.endswith(" = ") and head_text.count(" = ") == 1, head_text
+    # The copies' prompts are never masked: the collator marks them as prompt.
+    batch = sft_collate(rows.prompts[n:n + 2], rows.responses[n:n + 2], eos_id=token_ids(load_model(tiny_base),
+                        tokenizer).eos_id, max_length=MAX_LEN)
+    assert batch["prompt_mask"].sum(dim=1).tolist() == [len(rows.prompts[n]), len(rows.prompts[n + 1])]
+
+
+def test_prefix_fraction_marker_missing_and_validation(tiny_base, tiny_data, tmp_path):
+    tokenizer = load_tokenizer(tiny_base)
+    half, stats = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN, prefix_marker=" = ",
+                           prefix_fraction=0.5, seed=3)
+    again, _ = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN, prefix_marker=" = ",
+                        prefix_fraction=0.5, seed=3)
+    assert 0 < stats["prefix_copies"] < stats["examples"] and half.prompts == again.prompts
+    none, stats = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN,
+                           prefix_marker="no such marker")
+    assert stats["prefix_copies"] == 0 and stats["prefix_skipped"] == stats["examples"] == len(none)
+    with pytest.raises(ConfigError, match=r"sft.prefix_fraction: must be in \[0, 1\], got 1.5"):
+        sft_config(tiny_base, tiny_data, tmp_path / "x", prefix_fraction=1.5)
+    # run_sft passes the fields through: the data stats of the run count the copies.
+    result = run_sft(sft_config(tiny_base, tiny_data, tmp_path / "run", max_steps=1, prefix_marker=" = ",
+                                full_finetune=True))
+    assert result["data"]["prefix_copies"] == result["data"]["examples"]
