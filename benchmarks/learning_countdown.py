@@ -89,6 +89,10 @@ GEN_LENGTH = 32
 BLOCK_LENGTH = 32
 EVAL_STEPS = 16  # gen_length / 2: d1's evaluation setting (two tokens per step)
 EVAL_BATCH = 64
+# A completion ends at the end of the assistant's turn (EOS or <|eot_id|>), as GRPO's rewards read
+# rollouts. --whole-text: up to the first EOS only (d1's decoding, and every row before Session 9):
+# the tiny model, trained with pad_to longest, can write junk with another <answer> after its turn.
+STOP_AT_END_OF_TURN = True
 DEVICE = "cpu"  # --device cuda: every stage and the evaluation on the GPU, float32 (no mixed precision)
 
 PRETRAIN = {
@@ -156,7 +160,8 @@ def evaluate(model_dir: Path, examples: list, *, desc: str) -> EvalResult:
     texts = generate_completions(model, tokenizer, prompts, mask_id=ids.mask_id, eos_id=ids.eos_id,
                                  pad_id=ids.pad_id, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
                                  steps=EVAL_STEPS, temperature=0.0, batch_size=EVAL_BATCH,
-                                 device=torch.device(DEVICE), desc=desc)
+                                 device=torch.device(DEVICE), desc=desc,
+                                 stop_ids=[ids.eos_id] + ([ids.eot_id] if STOP_AT_END_OF_TURN else []))
     seconds = time.perf_counter() - start
     rewards = [task.reward_components(text, ex)[TASK] for text, ex in zip(texts, examples)]
     return EvalResult(correct=[int(r == 1.0) for r in rewards], answered=[int(r > 0) for r in rewards],
@@ -278,6 +283,7 @@ def pct(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     global TRAIN_SIZE, ARITHMETIC_FACTS, DEVICE, EVAL_STEPS, GEN_LENGTH, BLOCK_LENGTH, EXTRA_HELDOUT
+    global STOP_AT_END_OF_TURN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/learning_countdown")
     ap.add_argument("--seed", type=int, default=0)
@@ -309,7 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "(smoke runs; the CIs then mean little)")
     ap.add_argument("--extra-heldout", type=int, default=EXTRA_HELDOUT,
                     help=f"evaluation-only puzzles beyond the first {HELDOUT} (default {EXTRA_HELDOUT}; 0: none)")
+    ap.add_argument("--whole-text", action="store_true",
+                    help="score each completion up to its first EOS, past the end of its turn (d1's decoding; "
+                         "the rows before Session 9 of benchmarks/README.md)")
     args = ap.parse_args(argv)
+    STOP_AT_END_OF_TURN = not args.whole_text
     if args.extra_heldout < 0:
         raise SystemExit(f"--extra-heldout must be >= 0, got {args.extra_heldout}")
     EXTRA_HELDOUT = args.extra_heldout
@@ -400,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
               "settings": {"generator": GENERATOR, "train_size": TRAIN_SIZE, "heldout": HELDOUT,
                            "extra_heldout": EXTRA_HELDOUT,
                            "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "eval_steps": EVAL_STEPS,
+                           "stop_at_end_of_turn": STOP_AT_END_OF_TURN,
                            "pretrain": PRETRAIN, "sft": SFT, "grpo": GRPO},
               "torch_threads": torch.get_num_threads()}
     write_json_atomic(out / "results.json", result)

@@ -25,6 +25,7 @@ EOS token (d1 kept the padding EOS tokens; scores do not depend on them).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,6 +69,11 @@ class EvalConfig:
     # format (Task.score_training_format): for models that never saw the d1 eval prompts (tiny).
     prompt: str = "eval"
     batch_size: int = 8
+    # true: a completion ends at the first EOS or end-of-turn token (<|eot_id|>), as GRPO's rewards
+    # read rollouts; false (d1): at the first EOS only, so text a model writes after ending its turn
+    # is scored too (LLaDA-8B-Instruct pads with EOS after <|eot_id|>; a tiny model trained with
+    # sft.pad_to: longest may not; benchmarks/README.md, Session 9)
+    stop_at_end_of_turn: bool = False
     limit: dict[str, int] = field(default_factory=dict)  # first N test items per task
     seed: int = 42
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
@@ -135,10 +141,15 @@ def build_prompt(task: Task, example: Example, tokenizer, *, add_reasoning: bool
     return text + "<reasoning>" if add_reasoning else text
 
 
-def decode_completion(tokenizer, token_ids: list[int], eos_id: int) -> str:
-    """Decoded completion up to and including the first EOS (special tokens kept, as d1)."""
-    if eos_id in token_ids:
-        token_ids = token_ids[: token_ids.index(eos_id) + 1]
+def decode_completion(tokenizer, token_ids: list[int], eos_id: int | Sequence[int]) -> str:
+    """Decoded completion up to and including the first stop token (special tokens kept, as d1).
+
+    ``eos_id``: one id or several (e.g. EOS and ``<|eot_id|>``: the first of any ends it).
+    """
+    stops = {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    first = next((k for k, t in enumerate(token_ids) if t in stops), None)
+    if first is not None:
+        token_ids = token_ids[: first + 1]
     return tokenizer.decode(token_ids, skip_special_tokens=False)
 
 
@@ -147,9 +158,14 @@ def generate_completions(
     model, tokenizer, prompts: list[str], *, mask_id: int, eos_id: int, pad_id: int, gen_length: int,
     block_length: int, steps: int, temperature: float = 0.0, cfg_scale: float = 0.0,
     remasking: str = "low_confidence", batch_size: int = 8, generator: torch.Generator | None = None,
-    device: torch.device | None = None, desc: str = "generate",
+    device: torch.device | None = None, desc: str = "generate", stop_ids: Sequence[int] | None = None,
 ) -> list[str]:
-    """Completions for ``prompts`` with the shared sampler, batched with left padding."""
+    """Completions for ``prompts`` with the shared sampler, batched with left padding.
+
+    Each completion is cut after its first ``eos_id`` (d1), or after the first of
+    ``stop_ids`` when given (e.g. ``[eos_id, eot_id]``: the end of the assistant's
+    turn, as GRPO's rewards read a rollout, :mod:`d1.train.grpo`).
+    """
     device = device or next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     # Batch prompts of similar length together (less padding), keep the caller's order in the output.
@@ -164,7 +180,8 @@ def generate_completions(
             cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, attention_mask=mask, generator=generator,
         )
         for row, i in enumerate(idx):
-            out[i] = decode_completion(tokenizer, seqs[row, ids.shape[1]:].tolist(), eos_id)
+            out[i] = decode_completion(tokenizer, seqs[row, ids.shape[1]:].tolist(),
+                                       list(stop_ids) if stop_ids else eos_id)
     return [s for s in out if s is not None]
 
 
@@ -184,6 +201,7 @@ def evaluate_task(
         gen_length=gen_length, block_length=cfg.block_length, steps=steps, temperature=cfg.temperature,
         cfg_scale=cfg.cfg_scale, remasking=cfg.remasking, batch_size=cfg.batch_size, generator=generator,
         device=device, desc=f"{task.name}@{gen_length}",
+        stop_ids=[ids.eos_id] + ([ids.eot_id] if cfg.stop_at_end_of_turn and ids.eot_id is not None else []),
     )
     wall = time.perf_counter() - t0
     items, correct, total = [], 0, 0

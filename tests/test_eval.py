@@ -112,6 +112,49 @@ def test_helpers():
 
     assert decode_completion(Tok(), [4, 1, 1, 1], eos_id=1) == "4,1"
     assert decode_completion(Tok(), [4, 4], eos_id=1) == "4,4"
+    # Several stop ids: the first of any ends the completion.
+    assert decode_completion(Tok(), [4, 2, 7, 1, 1], eos_id=[1, 2]) == "4,2"
+    assert decode_completion(Tok(), [4, 2, 7, 1, 1], eos_id=1) == "4,2,7,1"
+
+
+def test_a_completion_can_end_at_the_end_of_turn(tiny_setup, tmp_path, monkeypatch):
+    """A model that writes `<|eot_id|>` then more text: d1's decoding keeps the text up to the first EOS,
+    stop_at_end_of_turn cuts it after `<|eot_id|>` (as GRPO's rewards read a rollout)."""
+    import d1.eval as eval_module
+    from d1.eval import generate_completions
+    from d1.models.loading import token_ids
+
+    root, data, model_dir, model, tok = tiny_setup
+    ids = token_ids(model, tok)
+    assert ids.eot_id is not None and ids.eot_id != ids.eos_id
+    digit = tok.convert_tokens_to_ids("7")
+    wanted = [digit, ids.eot_id, digit, digit, ids.eos_id, ids.eos_id, ids.eos_id, ids.eos_id]
+
+    class Scripted(torch.nn.Module):
+        """Greedy decoding writes `wanted` into the last len(wanted) positions."""
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, len(tok))
+            logits[:, -len(wanted):, :] = -10.0
+            for k, t in enumerate(wanted):
+                logits[:, input_ids.shape[1] - len(wanted) + k, t] = 10.0
+            return logits
+
+    common = dict(mask_id=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, gen_length=8, block_length=8, steps=8,
+                  device=torch.device("cpu"))
+    whole = generate_completions(Scripted(), tok, ["a"], **common)
+    cut = generate_completions(Scripted(), tok, ["a"], stop_ids=[ids.eos_id, ids.eot_id], **common)
+    assert whole == [tok.decode(wanted[:5], skip_special_tokens=False)]
+    assert cut == [tok.decode(wanted[:2], skip_special_tokens=False)]
+    # The eval stage passes the end-of-turn id only when asked.
+    seen = []
+    real = eval_module.generate_completions
+    monkeypatch.setattr(eval_module, "generate_completions",
+                        lambda *a, **kw: seen.append(kw["stop_ids"]) or real(*a, **kw))
+    for flag in (False, True):
+        run_eval(_cfg(root, data, model_dir, out_dir=str(tmp_path / str(flag)), tasks=["countdown"], gen_lengths=[8],
+                      stop_at_end_of_turn=flag))
+    assert seen == [[ids.eos_id], [ids.eos_id, ids.eot_id]]
 
 
 def test_one_cell_per_model_label(tiny_setup, tmp_path):
