@@ -161,7 +161,7 @@ def evaluate(model_dir: Path, examples: list, *, desc: str) -> EvalResult:
                                  pad_id=ids.pad_id, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
                                  steps=EVAL_STEPS, temperature=0.0, batch_size=EVAL_BATCH,
                                  device=torch.device(DEVICE), desc=desc,
-                                 stop_ids=[ids.eos_id] + ([ids.eot_id] if STOP_AT_END_OF_TURN else []))
+                                 stop_ids=ids.end_of_turn_ids() if STOP_AT_END_OF_TURN else [ids.eos_id])
     seconds = time.perf_counter() - start
     rewards = [task.reward_components(text, ex)[TASK] for text, ex in zip(texts, examples)]
     return EvalResult(correct=[int(r == 1.0) for r in rewards], answered=[int(r > 0) for r in rewards],

@@ -201,7 +201,7 @@ def evaluate_task(
         gen_length=gen_length, block_length=cfg.block_length, steps=steps, temperature=cfg.temperature,
         cfg_scale=cfg.cfg_scale, remasking=cfg.remasking, batch_size=cfg.batch_size, generator=generator,
         device=device, desc=f"{task.name}@{gen_length}",
-        stop_ids=[ids.eos_id] + ([ids.eot_id] if cfg.stop_at_end_of_turn and ids.eot_id is not None else []),
+        stop_ids=ids.end_of_turn_ids() if cfg.stop_at_end_of_turn else [ids.eos_id],
     )
     wall = time.perf_counter() - t0
     items, correct, total = [], 0, 0

@@ -182,6 +182,10 @@ class TokenIds:
     eot_id: int | None = None
     bos_id: int | None = None
 
+    def end_of_turn_ids(self) -> list[int]:
+        """The ids that end an assistant turn: EOS, and ``<|eot_id|>`` when there is one."""
+        return [self.eos_id] + ([self.eot_id] if self.eot_id is not None else [])
+
 
 def _first_id(value: Any) -> int | None:
     if isinstance(value, (list, tuple)):

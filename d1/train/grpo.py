@@ -160,7 +160,7 @@ class DiffuGRPO:
         self.cfg: GRPOConfig = run.cfg
         self.tokenizer = tokenizer
         self.ids = ids
-        self.stop_ids = [ids.eos_id] + ([ids.eot_id] if ids.eot_id is not None else [])
+        self.stop_ids = ids.end_of_turn_ids()
         self.prompts = prompts
         self.ref_model = ref_model
 

@@ -185,3 +185,8 @@ def test_token_ids_errors():
     # pad falls back to the tokenizer's, then to EOS
     assert token_ids(LLaDAConfig(pad_token_id=None), _tok(eos_token_id=126081, pad_token_id=4)).pad_id == 4
     assert token_ids(LLaDAConfig(pad_token_id=None), _tok(eos_token_id=126081)).pad_id == 126081
+
+
+def test_end_of_turn_ids():
+    assert TokenIds(mask_id=5, eos_id=1, pad_id=1, eot_id=2).end_of_turn_ids() == [1, 2]
+    assert TokenIds(mask_id=5, eos_id=1, pad_id=1).end_of_turn_ids() == [1]
