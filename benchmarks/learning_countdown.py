@@ -81,6 +81,9 @@ GENERATOR = {"num_numbers": 3, "number_range": [1, 20], "target_range": [1, 100]
 TRAIN_SIZE = 8000
 HELDOUT = 500
 EXTRA_HELDOUT = 1500  # --extra-heldout: evaluation-only puzzles, disjoint from training and HELDOUT
+# --grpo-fresh N: GRPO's prompts are N puzzles disjoint from the SFT split and every held-out one
+# (d1 runs RL on other prompts than its SFT data); 0: GRPO samples the SFT training split (default).
+GRPO_FRESH = 0
 
 # Sampler, shared by GRPO rollouts and evaluation: the answer (< 52 tokens with the
 # end-of-turn token) fits one 64-token window, decoded in two blocks of 32 (d1's
@@ -217,6 +220,10 @@ def make_data(out: Path, seed: int) -> tuple[list, list]:
                                    exclude=list(train) + list(heldout), **GENERATOR)
         write_jsonl(out / "heldout_extra.jsonl", (ex.to_record() for ex in extra))
         heldout = list(heldout) + extra
+    if GRPO_FRESH:
+        fresh = generate_countdown(GRPO_FRESH, seed=derive_seed(seed, "grpo-fresh"),
+                                   exclude=list(train) + list(heldout), **GENERATOR)
+        write_jsonl(out / "grpo_data" / TASK / "train.jsonl", (ex.to_record() for ex in fresh))
     task = get_task(TASK)
     cd3 = [task.example_from_record(json.loads(line))
            for line in builtin_path(TEST_SET).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -227,7 +234,8 @@ def stage_config(kind: str, out: Path, seed: int, steps: int, model_path: str | 
     from d1.train import GRPOConfig, PretrainConfig, SFTConfig
 
     cls, base = {"pretrain": (PretrainConfig, PRETRAIN), "sft": (SFTConfig, SFT), "grpo": (GRPOConfig, GRPO)}[kind]
-    values = dict(base, data_dir=str(out / "data"), out_dir=str(out / kind), seed=seed, max_steps=steps,
+    data = out / ("grpo_data" if kind == "grpo" and GRPO_FRESH else "data")
+    values = dict(base, data_dir=str(data), out_dir=str(out / kind), seed=seed, max_steps=steps,
                   device=DEVICE, mixed_precision="no")
     if kind == "pretrain" and ARITHMETIC_FACTS:
         values["extra_documents"] = [str(out / "arithmetic_facts.txt")]
@@ -283,7 +291,7 @@ def pct(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     global TRAIN_SIZE, ARITHMETIC_FACTS, DEVICE, EVAL_STEPS, GEN_LENGTH, BLOCK_LENGTH, EXTRA_HELDOUT
-    global STOP_AT_END_OF_TURN
+    global STOP_AT_END_OF_TURN, GRPO_FRESH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/learning_countdown")
     ap.add_argument("--seed", type=int, default=0)
@@ -315,6 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "(smoke runs; the CIs then mean little)")
     ap.add_argument("--extra-heldout", type=int, default=EXTRA_HELDOUT,
                     help=f"evaluation-only puzzles beyond the first {HELDOUT} (default {EXTRA_HELDOUT}; 0: none)")
+    ap.add_argument("--grpo-fresh", type=int, default=GRPO_FRESH, metavar="N",
+                    help="GRPO prompts: N new puzzles disjoint from the SFT split and the held-out ones "
+                         "(default 0: the SFT training split, which a long SFT has memorised; Session 10)")
     ap.add_argument("--whole-text", action="store_true",
                     help="score each completion up to its first EOS, past the end of its turn (d1's decoding; "
                          "the rows before Session 9 of benchmarks/README.md)")
@@ -323,6 +334,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.extra_heldout < 0:
         raise SystemExit(f"--extra-heldout must be >= 0, got {args.extra_heldout}")
     EXTRA_HELDOUT = args.extra_heldout
+    if args.grpo_fresh < 0:
+        raise SystemExit(f"--grpo-fresh must be >= 0, got {args.grpo_fresh}")
+    GRPO_FRESH = args.grpo_fresh
     apply_settings(args.set)
     TRAIN_SIZE = args.train_size
     ARITHMETIC_FACTS = args.arithmetic_facts
@@ -408,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
               "total_seconds": total, "rows": rows, "gain_heldout": gain,
               "gain_heldout_first": gain_first, "gain_cd3": gain_cd3,
               "settings": {"generator": GENERATOR, "train_size": TRAIN_SIZE, "heldout": HELDOUT,
-                           "extra_heldout": EXTRA_HELDOUT,
+                           "extra_heldout": EXTRA_HELDOUT, "grpo_fresh": GRPO_FRESH,
                            "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "eval_steps": EVAL_STEPS,
                            "stop_at_end_of_turn": STOP_AT_END_OF_TURN,
                            "pretrain": PRETRAIN, "sft": SFT, "grpo": GRPO},

@@ -29,6 +29,7 @@ Known differences from d1's settings, by design:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -252,7 +253,9 @@ class SFTConfig(TrainConfigBase):
     get a copy whose never-masked prompt runs through the marker's first
     occurrence (:func:`d1.train.sft.prefix_copy`). The objective is d1's on every
     row; only the data gains rows. Measured on the tiny Countdown model with
-    ``" = "`` in ``benchmarks/README.md`` (Session 9).
+    ``" = "`` in ``benchmarks/README.md`` (Session 9). ``prefix_pattern``
+    (instead of the marker): a regular expression; one copy per match, whose
+    prompt runs through the match (:func:`d1.train.sft.prefix_cuts`; Session 10).
     """
 
     SECTION: ClassVar[str] = "sft"
@@ -278,10 +281,19 @@ class SFTConfig(TrainConfigBase):
     merge_adapter: bool = True
     prefix_marker: str = ""
     prefix_fraction: float = 1.0
+    prefix_pattern: str = ""
 
     def validate(self) -> None:
         super().validate()
         s = self.SECTION
+        if self.prefix_marker and self.prefix_pattern:
+            _fail(f"{s}.prefix_pattern", f"set prefix_marker or prefix_pattern, not both (prefix_marker is "
+                  f"{self.prefix_marker!r})")
+        if self.prefix_pattern:
+            try:
+                re.compile(self.prefix_pattern)
+            except re.error as exc:
+                _fail(f"{s}.prefix_pattern", f"not a regular expression: {self.prefix_pattern!r} ({exc})")
         if not 0.0 <= self.prefix_fraction <= 1.0:
             _fail(f"{s}.prefix_fraction", f"must be in [0, 1], got {self.prefix_fraction}")
         if self.max_length < 2:

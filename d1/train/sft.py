@@ -15,7 +15,8 @@ a worked ``solution``). An example becomes
   to a Sudoku row's length is mostly padding).
 * ``prefix_marker`` (extension, off by default): examples whose response
   contains the marker also get a copy whose prompt runs through the marker
-  (:func:`prefix_copy`); the copies follow the plain rows.
+  (:func:`prefix_copy`); ``prefix_pattern``: one copy per match of a regular
+  expression (:func:`prefix_cuts`); the copies follow the plain rows.
 
 Objective (:mod:`d1.algo.masking`): per row ``t ~ U(eps, 1)``, each response
 token masked with probability ``t``, loss = sum over masked tokens of CE / t
@@ -35,6 +36,7 @@ from __future__ import annotations
 import gc
 import math
 import random
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from typing import Any
 import torch
 
 from d1.algo.masking import count_response_tokens, forward_mask, masked_sft_loss, sample_mask_ratio, sft_collate
-from d1.errors import DataError
+from d1.errors import ConfigError, DataError
 from d1.train.common import (
     MODEL_DIR,
     StepCallback,
@@ -99,13 +101,19 @@ class TokenRows:
 
 def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_length: int,
              max_examples: int | None = None, prefix_marker: str = "", prefix_fraction: float = 1.0,
-             seed: int = 0) -> tuple[TokenRows, dict]:
+             prefix_pattern: str = "", seed: int = 0) -> tuple[TokenRows, dict]:
     """Tokenised SFT rows of the tasks' prepared train splits, and counts of what was kept.
 
     ``prefix_marker`` (extension, off when empty): a ``prefix_fraction`` of the
     examples whose response contains the marker (drawn with ``seed``) get one more
-    row, :func:`prefix_copy`, after all the plain rows.
+    row, :func:`prefix_copy`, after all the plain rows. ``prefix_pattern`` (a
+    regular expression, instead of the marker): one such row for every match
+    (:func:`prefix_cuts`), each kept with probability ``prefix_fraction``.
     """
+    if prefix_marker and prefix_pattern:
+        raise ConfigError("sft: set prefix_marker or prefix_pattern, not both")
+    pattern = re.compile(prefix_pattern) if prefix_pattern else None
+    prefixed = bool(prefix_marker or prefix_pattern)
     from d1.prepare import read_split
     from d1.tasks import get_task
 
@@ -113,7 +121,7 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
     responses: list[list[int]] = []
     stats = {"examples": 0, "no_solution": 0, "prompt_too_long": 0, "truncated": 0}
     copies: list[tuple[list[int], list[int]]] = []
-    if prefix_marker:
+    if prefixed:
         stats["prefix_skipped"] = 0
     chooser = random.Random(seed)
     for name in task_names:
@@ -137,22 +145,54 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
                 stats["truncated"] += 1
             prompts.append(p_ids)
             responses.append(r_ids)
-            if prefix_marker:
-                copy = prefix_copy(tokenizer, p_ids, r_text, prefix_marker)
-                if copy is None or len(copy[0]) >= max_length:
+            if prefixed:
+                cuts = prefix_cuts(r_text, marker=prefix_marker, pattern=pattern)
+                if not cuts:
                     stats["prefix_skipped"] += 1
-                elif chooser.random() < prefix_fraction:
-                    copies.append(copy)
+                for cut in cuts:
+                    copy = split_response(tokenizer, p_ids, r_text, cut)
+                    if len(copy[0]) >= max_length:
+                        stats["prefix_skipped"] += 1
+                    elif chooser.random() < prefix_fraction:
+                        copies.append(copy)
         if len(prompts) == kept_before:
             raise DataError(f"sft: task {name!r} has no usable training example (worked solution, prompt shorter "
                             f"than max_length {max_length}) in {data_dir}")
     for p_ids, r_ids in copies:
         prompts.append(p_ids)
         responses.append(r_ids)
-    if prefix_marker:
+    if prefixed:
         stats["prefix_copies"] = len(copies)
     stats["rows"] = len(prompts)
     return TokenRows(prompts, responses), stats
+
+
+def prefix_cuts(response: str, *, marker: str = "", pattern: re.Pattern | None = None) -> list[int]:
+    """Character offsets in ``response`` where a prefix copy's never-masked part ends.
+
+    ``marker``: right after its first occurrence. ``pattern``: right after every
+    non-empty match (``re.finditer``), e.g. ``" = |\\d\\n(?=\\d)|<answer>\\n"`` cuts a
+    Countdown solution after each ``a op b = ``, after the first reasoning line
+    and before the answer. A cut with nothing after it is dropped.
+    """
+    if marker:
+        found = response.find(marker)
+        cuts = [] if found < 0 else [found + len(marker)]
+    elif pattern is not None:
+        cuts = sorted({m.end() for m in pattern.finditer(response) if m.end() > m.start()})
+    else:
+        cuts = []
+    return [cut for cut in cuts if cut < len(response)]
+
+
+def split_response(tokenizer: Any, prompt_ids: list[int], response: str, cut: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) with ``response[:cut]`` moved into the never-masked prompt.
+
+    Each side is tokenised on its own, as prompt and response are.
+    """
+    head = tokenizer(response[:cut], add_special_tokens=False)["input_ids"]
+    tail = tokenizer(response[cut:], add_special_tokens=False)["input_ids"]
+    return list(prompt_ids) + head, tail
 
 
 def prefix_copy(tokenizer: Any, prompt_ids: list[int], response: str,
@@ -161,21 +201,16 @@ def prefix_copy(tokenizer: Any, prompt_ids: list[int], response: str,
 
     The response text is cut right after the marker's first occurrence; the
     tokens of the part before the cut join ``prompt_ids`` (so they are never
-    masked; each side is tokenised on its own, as prompt and response are) and
-    the rest stays the response. ``None`` when the response has no marker or nothing after it. Why:
+    masked) and the rest stays the response. ``None`` when the response has no
+    marker or nothing after it. Why:
     d1's objective learns a token whose context is prompt an order of magnitude
     faster than one whose context is itself masked response
     (``benchmarks/fact_learning.py``); with marker ``" = "`` a Countdown worked
     solution's first intermediate result is learned with its operands as prompt
     (``benchmarks/README.md``, Session 9).
     """
-    cut = response.find(marker)
-    if cut < 0 or cut + len(marker) >= len(response):
-        return None
-    cut += len(marker)
-    head = tokenizer(response[:cut], add_special_tokens=False)["input_ids"]
-    tail = tokenizer(response[cut:], add_special_tokens=False)["input_ids"]
-    return list(prompt_ids) + head, tail
+    cuts = prefix_cuts(response, marker=marker)
+    return split_response(tokenizer, prompt_ids, response, cuts[0]) if cuts else None
 
 
 # ----------------------------------------------------------------------------- the shared loop
@@ -303,7 +338,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, callbacks: Sequence[StepCal
     ids = _token_ids(model, tokenizer)
     rows, data_stats = sft_rows(tokenizer, cfg.data_dir, cfg.tasks, max_length=cfg.max_length,
                                 max_examples=cfg.max_examples, prefix_marker=cfg.prefix_marker,
-                                prefix_fraction=cfg.prefix_fraction, seed=cfg.seed)
+                                prefix_fraction=cfg.prefix_fraction, prefix_pattern=cfg.prefix_pattern,
+                                seed=cfg.seed)
     model = prepare_trainable(model, cfg)
     params = count_parameters(model)
     last = train_masked_diffusion(run, model, tokenizer, rows, mask_id=ids.mask_id, eos_id=ids.eos_id,

@@ -271,3 +271,53 @@ def test_prefix_fraction_marker_missing_and_validation(tiny_base, tiny_data, tmp
     result = run_sft(sft_config(tiny_base, tiny_data, tmp_path / "run", max_steps=1, prefix_marker=" = ",
                                 full_finetune=True))
     assert result["data"]["prefix_copies"] == result["data"]["examples"]
+
+
+def test_prefix_cuts_marker_and_pattern():
+    import re
+
+    response = "<reasoning>\n19 - 2 = 17\n17 + 14 = 31\n</reasoning>\n<answer>\n(19 - 2) + 14\n</answer>"
+    first = response.index(" = ") + 3
+    assert sft_module.prefix_cuts(response, marker=" = ") == [first]
+    assert sft_module.prefix_cuts(response, marker="absent") == []
+    cuts = sft_module.prefix_cuts(response, pattern=re.compile(r" = |\d\n(?=\d)|<answer>\n"))
+    # After each "a op b = ", after the first reasoning line (a digit line followed by a digit line), before the answer.
+    expected = [first, response.index("17\n17") + 3, response.index(" = ", first) + 3,
+                response.index("<answer>\n") + len("<answer>\n")]
+    assert cuts == expected
+    # A match at the very end leaves nothing to learn, an empty match cuts nothing: both are dropped.
+    assert sft_module.prefix_cuts("a = b = ", pattern=re.compile(" = ")) == [4]
+    assert sft_module.prefix_cuts("abc", pattern=re.compile("x*")) == []
+
+
+def test_prefix_pattern_gives_one_copy_per_match(tiny_base, tiny_data, tmp_path):
+    tokenizer = load_tokenizer(tiny_base)
+    plain, _ = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN)
+    pattern = r" = |<answer>\n"
+    rows, stats = sft_rows(tokenizer, str(tiny_data), ["countdown"], max_length=MAX_LEN, prefix_pattern=pattern)
+    n = len(plain)
+    texts = [tokenizer.decode(r) for r in plain.responses]
+    per_example = [t.count(" = ") + t.count("<answer>\n") for t in texts]
+    assert min(per_example) >= 2  # at least one reasoning line and the answer in every worked solution
+    assert stats["prefix_copies"] == sum(per_example) == len(rows) - n and stats["prefix_skipped"] == 0
+    assert rows.prompts[:n] == plain.prompts and rows.responses[:n] == plain.responses
+    # The copies of an example come together, in the order of their cuts; each is the example, split later.
+    i = 0
+    for k, count in enumerate(per_example):
+        lengths = []
+        for _ in range(count):
+            prompt, response = rows.prompts[n + i], rows.responses[n + i]
+            assert prompt[:len(plain.prompts[k])] == plain.prompts[k]
+            head = prompt[len(plain.prompts[k]):]
+            assert tokenizer.decode(head + response) == texts[k]
+            assert tokenizer.decode(head).endswith((" = ", "<answer>\n"))
+            lengths.append(len(head))
+            i += 1
+        assert lengths == sorted(lengths) and len(set(lengths)) == count
+    with pytest.raises(ConfigError, match=r"sft.prefix_pattern: set prefix_marker or prefix_pattern, not both"):
+        sft_config(tiny_base, tiny_data, tmp_path / "x", prefix_marker=" = ", prefix_pattern=" = ")
+    with pytest.raises(ConfigError, match=r"sft.prefix_pattern: not a regular expression: '\(unclosed'"):
+        sft_config(tiny_base, tiny_data, tmp_path / "y", prefix_pattern="(unclosed")
+    result = run_sft(sft_config(tiny_base, tiny_data, tmp_path / "run", max_steps=1, prefix_pattern=pattern,
+                                full_finetune=True))
+    assert result["data"]["prefix_copies"] == sum(per_example)
