@@ -251,7 +251,7 @@ class SFTConfig(TrainConfigBase):
     ``prefix_marker`` (extension, not in d1; empty = off, d1's data): a
     ``prefix_fraction`` of the examples whose response contains the marker also
     get a copy whose never-masked prompt runs through the marker's first
-    occurrence (:func:`d1.train.sft.prefix_copy`). The objective is d1's on every
+    occurrence (:func:`d1.train.sft.prefix_cuts`). The objective is d1's on every
     row; only the data gains rows. Measured on the tiny Countdown model with
     ``" = "`` in ``benchmarks/README.md`` (Session 9). ``prefix_pattern``
     (instead of the marker): a regular expression; one copy per match, whose

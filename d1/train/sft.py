@@ -15,8 +15,8 @@ a worked ``solution``). An example becomes
   to a Sudoku row's length is mostly padding).
 * ``prefix_marker`` (extension, off by default): examples whose response
   contains the marker also get a copy whose prompt runs through the marker
-  (:func:`prefix_copy`); ``prefix_pattern``: one copy per match of a regular
-  expression (:func:`prefix_cuts`); the copies follow the plain rows.
+  (:func:`prefix_cuts`, :func:`split_response`); ``prefix_pattern``: one copy per match of a regular
+  expression; the copies follow the plain rows.
 
 Objective (:mod:`d1.algo.masking`): per row ``t ~ U(eps, 1)``, each response
 token masked with probability ``t``, loss = sum over masked tokens of CE / t
@@ -106,9 +106,9 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
 
     ``prefix_marker`` (extension, off when empty): a ``prefix_fraction`` of the
     examples whose response contains the marker (drawn with ``seed``) get one more
-    row, :func:`prefix_copy`, after all the plain rows. ``prefix_pattern`` (a
+    row (:func:`split_response` at :func:`prefix_cuts`), after all the plain rows. ``prefix_pattern`` (a
     regular expression, instead of the marker): one such row for every match
-    (:func:`prefix_cuts`), each kept with probability ``prefix_fraction``.
+    each kept with probability ``prefix_fraction``.
     """
     if prefix_marker and prefix_pattern:
         raise ConfigError("sft: set prefix_marker or prefix_pattern, not both")
@@ -188,29 +188,16 @@ def prefix_cuts(response: str, *, marker: str = "", pattern: re.Pattern | None =
 def split_response(tokenizer: Any, prompt_ids: list[int], response: str, cut: int) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) with ``response[:cut]`` moved into the never-masked prompt.
 
-    Each side is tokenised on its own, as prompt and response are.
+    Each side is tokenised on its own, as prompt and response are. Why: d1's
+    objective learns a token whose context is prompt an order of magnitude
+    faster than one whose context is itself masked response
+    (``benchmarks/fact_learning.py``); with marker ``" = "`` a Countdown worked
+    solution's first intermediate result is learned with its operands as prompt
+    (``benchmarks/README.md``, Sessions 9-10).
     """
     head = tokenizer(response[:cut], add_special_tokens=False)["input_ids"]
     tail = tokenizer(response[cut:], add_special_tokens=False)["input_ids"]
     return list(prompt_ids) + head, tail
-
-
-def prefix_copy(tokenizer: Any, prompt_ids: list[int], response: str,
-                marker: str) -> tuple[list[int], list[int]] | None:
-    """(prompt ids, response ids) of a row whose never-masked part runs through ``marker``.
-
-    The response text is cut right after the marker's first occurrence; the
-    tokens of the part before the cut join ``prompt_ids`` (so they are never
-    masked) and the rest stays the response. ``None`` when the response has no
-    marker or nothing after it. Why:
-    d1's objective learns a token whose context is prompt an order of magnitude
-    faster than one whose context is itself masked response
-    (``benchmarks/fact_learning.py``); with marker ``" = "`` a Countdown worked
-    solution's first intermediate result is learned with its operands as prompt
-    (``benchmarks/README.md``, Session 9).
-    """
-    cuts = prefix_cuts(response, marker=marker)
-    return split_response(tokenizer, prompt_ids, response, cuts[0]) if cuts else None
 
 
 # ----------------------------------------------------------------------------- the shared loop
