@@ -22,6 +22,9 @@ whole rollout batch once per iteration::
     logp = per_token_logps(model, ids[mb], prompt_mask[mb], mask_id=mask_id, p_mask_prompt=p,
                            noisy_ids=noisy_j[mb], attention_mask=attn[mb])
 
+Block-wise option (``per_token_logps(..., block_length=...)``, not in d1):
+one pass per block, earlier blocks shown; see :func:`per_token_logps`.
+
 The reference reseeded every global RNG with ``s_j`` before masking each
 micro-batch (``set_seed``), so every micro-batch got the same draws; the
 distribution of masks is the same.
@@ -177,6 +180,7 @@ def per_token_logps(
     generator: torch.Generator | None = None,
     noisy_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    block_length: int | None = None,
 ) -> torch.Tensor:
     """d1's one-step estimate of ``log pi(o_k | q)`` for every completion token: [B, T] float32.
 
@@ -188,6 +192,17 @@ def per_token_logps(
     pass (``model(noisy, attention_mask=...)`` when a mask is given); gradients
     flow through the result when grad is enabled. Classifier-free guidance is not
     applied (d1's default ``cfg_scale = 0``).
+
+    ``block_length`` (not in d1; None = d1's estimator): the block-wise
+    estimate, one forward pass per block of ``block_length`` completion tokens
+    (it must divide T). For block b the completion tokens of blocks < b are
+    shown (the true tokens), blocks >= b stay as in ``noisy_ids`` (masked), and
+    the log-probs of block b's tokens are read from that pass. This matches the
+    conditioning of semi-autoregressive decoding, where block b is written
+    given the finished earlier blocks; d1's estimate scores every token with
+    the whole completion masked. ``block_length == T`` is d1's estimator
+    exactly. Costs T / block_length forward passes (and their activations when
+    grad is enabled) instead of one.
     """
     prompt_len = _prompt_length(prompt_mask)
     if noisy_ids is None:
@@ -203,9 +218,23 @@ def per_token_logps(
         raise ConfigError(
             f"per_token_logps: noisy_ids {tuple(noisy_ids.shape)} must match input_ids {tuple(input_ids.shape)}"
         )
-    output = model(noisy_ids) if attention_mask is None else model(noisy_ids, attention_mask=attention_mask)
-    logits = as_logits(output)
-    return token_log_probs(logits[:, prompt_len:], input_ids[:, prompt_len:])
+    completion_len = input_ids.shape[1] - prompt_len
+    if block_length is None:
+        block_length = max(completion_len, 1)
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1 \
+            or completion_len % block_length:
+        raise ConfigError(
+            f"per_token_logps: block_length {block_length!r} must be a positive integer dividing the "
+            f"completion length {completion_len}"
+        )
+    pieces = []
+    for start in range(prompt_len, input_ids.shape[1], block_length):
+        visible = noisy_ids.clone()
+        visible[:, prompt_len:start] = input_ids[:, prompt_len:start]  # the finished earlier blocks
+        output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
+        logits = as_logits(output)[:, start:start + block_length]
+        pieces.append(token_log_probs(logits, input_ids[:, start:start + block_length]))
+    return torch.cat(pieces, dim=1)
 
 
 # ---------------------------------------------------------------- the loss

@@ -41,6 +41,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 REMASKING = ("low_confidence", "random")
 GRPO_LOSS_NORMALIZATION = ("d1", "batch")
+GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise")
 DOCUMENT_FORMATS = ("plain", "chat", "bare")
 
 LLADA_INSTRUCT = "GSAI-ML/LLaDA-8B-Instruct"
@@ -330,6 +331,13 @@ class GRPOConfig(TrainConfigBase):
     its own prompt mask, and a masked number hides the puzzle of a short prompt.
     The CPU learning benchmark uses 0 (measured GRPO gain +2.8 vs +0.4 points from
     the same SFT model: benchmarks/README.md, Session 5).
+    logp_estimator: ``one_step`` = d1's estimator (one forward pass, every
+    completion token masked); ``blockwise`` (not in d1) = one pass per block of
+    ``block_length`` tokens, earlier blocks shown, so a token is scored given
+    the blocks the sampler had finished when it wrote it
+    (:func:`d1.algo.grpo.per_token_logps`). Costs gen_length / block_length
+    passes (and activations) per scoring instead of one; with one block the two
+    are identical.
     """
 
     SECTION: ClassVar[str] = "grpo"
@@ -355,6 +363,7 @@ class GRPOConfig(TrainConfigBase):
     random_masking: bool = True
     scale_rewards: bool = False  # divide advantages by the group std (GRPO); d1 does not
     loss_normalization: str = "d1"
+    logp_estimator: str = "one_step"
     # optimiser (d1 train.yaml)
     lr: float = 3e-6
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -405,6 +414,7 @@ class GRPOConfig(TrainConfigBase):
         if not 0.0 <= self.p_mask_prompt <= 1.0:
             _fail(f"{s}.p_mask_prompt", f"must be in [0, 1], got {self.p_mask_prompt}")
         _one_of(s, "loss_normalization", self.loss_normalization, GRPO_LOSS_NORMALIZATION)
+        _one_of(s, "logp_estimator", self.logp_estimator, GRPO_LOGP_ESTIMATORS)
         if self.load_in_4bit and self.full_finetune:
             _fail(f"{s}.load_in_4bit", "a 4-bit base cannot be fully fine-tuned; use LoRA")
 

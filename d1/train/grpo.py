@@ -9,7 +9,8 @@ a generator seeded by (seed, round, process)); rewards from the task registry
 iteration j, every completion token is masked and each prompt token is masked
 with probability ``p_mask_prompt`` using ONE mask drawn from seed ``s_j`` for
 the whole rollout batch, and the old, reference and current policy all score
-that same masked input. Per token: PPO clip with ``epsilon`` and ``beta`` x k3
+that same masked input (``logp_estimator: blockwise``: one pass per sampler
+block, earlier blocks shown; not in d1). Per token: PPO clip with ``epsilon`` and ``beta`` x k3
 KL to the reference; tokens after the first stop token are excluded
 (:mod:`d1.algo.grpo`).
 
@@ -163,6 +164,8 @@ class DiffuGRPO:
         self.stop_ids = ids.end_of_turn_ids()
         self.prompts = prompts
         self.ref_model = ref_model
+        # the estimator's blocks: the sampler's for "blockwise", one block (d1) otherwise
+        self.logp_block_length = self.cfg.block_length if self.cfg.logp_estimator == "blockwise" else None
 
     # ------------------------------------------------------------------ steps and rounds
     def total_steps(self) -> int:
@@ -260,7 +263,7 @@ class DiffuGRPO:
             sl = slice(lo, lo + cfg.batch_size)
             out.append(per_token_logps(model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
-                                       attention_mask=ro.attention[sl]))
+                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length))
         return torch.cat(out)
 
     def reference_logps(self, ro: Rollouts) -> list[torch.Tensor]:
@@ -325,7 +328,7 @@ class DiffuGRPO:
             with run.micro_step(step, micro):
                 logp = per_token_logps(run.model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
-                                       attention_mask=ro.attention[sl])
+                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length)
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None
                 loss, stats = diffu_grpo_loss(logp, old, ref, ro.advantages[sl], ro.keep[sl],

@@ -221,6 +221,46 @@ def test_per_token_logps_errors():
     assert per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0).shape == (2, 4)
 
 
+def test_per_token_logps_blockwise_matches_a_loop_over_tokens():
+    model = TinyBidirectionalLM()
+    ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
+    prompt_len, block = 3, 2
+    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
+    prompt_mask[:, :prompt_len] = True
+    attention = torch.tensor([[0] + [1] * 8, [1] * 9])
+    noisy = mask_prompt_for_logp(ids, prompt_mask, MASK, 0.3, generator=gen(11), attention_mask=attention)
+    logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                           attention_mask=attention, block_length=block)
+    assert logp.shape == (2, 6) and len(model.calls) == 3  # one pass per block
+    with torch.no_grad():
+        for b in range(2):
+            for k in range(6):
+                # the spec, one token at a time: the prompt as the iteration's mask left it, the
+                # completion's earlier blocks shown, this block and later ones masked
+                x = noisy[b].clone()
+                done = (k // block) * block
+                x[prompt_len:prompt_len + done] = ids[b, prompt_len:prompt_len + done]
+                assert (x[prompt_len + done:] == MASK).all()
+                row = model(x[None], attention_mask=attention[b:b + 1]).logits[0, prompt_len + k]
+                expected = float(row[ids[b, prompt_len + k]] - torch.logsumexp(row, dim=0))
+                assert math.isclose(float(logp[b, k]), expected, rel_tol=1e-5, abs_tol=1e-6)
+    # the first block is scored exactly as d1's estimator scores it; later blocks differ (they see more)
+    one_step = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                               attention_mask=attention)
+    torch.testing.assert_close(logp[:, :block], one_step[:, :block])
+    assert not torch.allclose(logp[:, block:], one_step[:, block:])
+    # one block covering the completion is d1's estimator
+    whole = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                            attention_mask=attention, block_length=6)
+    torch.testing.assert_close(whole, one_step)
+    # gradients reach the model from the last block's pass
+    logp[:, -block:].sum().backward()
+    assert model.embed.grad is not None and model.embed.grad.abs().sum() > 0
+    for bad in (4, 0, True, 2.0):
+        with pytest.raises(ConfigError, match="block_length"):
+            per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=bad)
+
+
 # ---------------------------------------------------------------- the loss
 
 

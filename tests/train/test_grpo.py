@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from d1.algo.grpo import completion_mask, diffu_grpo_loss, per_token_logps
+from d1.errors import ConfigError
 from d1.models.loading import load_model, load_tokenizer, token_ids
 from d1.tasks.countdown import CountdownTask
 from d1.train.common import prepare_trainable
@@ -82,7 +83,8 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
     ids = token_ids(policy, load_tokenizer(cfg.model_path))
     noisy = ro.masked_input(iteration, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
     logp = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
-                           noisy_ids=noisy, attention_mask=ro.attention)
+                           noisy_ids=noisy, attention_mask=ro.attention,
+                           block_length=cfg.block_length if cfg.logp_estimator == "blockwise" else None)
     old = ro.old_logps[iteration] if ro.old_logps else None
     ref = ro.ref_logps[iteration] if ro.ref_logps else None
     if per_sequence:  # d1 normalisation with one sequence per micro-batch: mean of per-sequence means
@@ -106,6 +108,31 @@ def test_accumulation_1x4_equals_4x1(tiny_base, tiny_data, tmp_path, capture):
     assert_same_grads(capture["grads"][0], capture["grads"][1])
     cfg = grpo_config(tiny_base, tiny_data, tmp_path / "c", batch_size=4, grad_accum=1, **kw)
     assert_same_grads(capture["grads"][0], loss_by_hand(cfg, first, 0, per_sequence=False))
+
+
+def test_blockwise_estimator_scores_every_policy_block_by_block(tiny_base, tiny_data, tmp_path, capture):
+    kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
+              loss_normalization="batch")
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "blocks", logp_estimator="blockwise", **kw)
+    run_grpo(cfg)
+    ro = capture["rollouts"][0]
+    # the trainer's gradient is the spec's with the block-wise estimator for current, old and reference
+    assert_same_grads(capture["grads"][0], loss_by_hand(cfg, ro, 0, per_sequence=False))
+    policy = fresh_policy(cfg).eval()
+    ids = token_ids(policy, load_tokenizer(cfg.model_path))
+    noisy = ro.masked_input(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
+    with torch.no_grad():
+        with policy.disable_adapter():
+            by_block = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
+                                       p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy,
+                                       attention_mask=ro.attention, block_length=4)
+            one_step = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
+                                       p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy,
+                                       attention_mask=ro.attention)
+    torch.testing.assert_close(ro.ref_logps[0], by_block)
+    assert not torch.allclose(ro.ref_logps[0][:, 4:], one_step[:, 4:])
+    with pytest.raises(ConfigError, match="grpo.logp_estimator"):
+        grpo_config(tiny_base, tiny_data, tmp_path / "bad", logp_estimator="two_step")
 
 
 def test_d1_normalisation_averages_micro_batch_means(tiny_base, tiny_data, tmp_path, capture):
