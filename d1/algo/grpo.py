@@ -181,6 +181,7 @@ def per_token_logps(
     noisy_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     block_length: int | None = None,
+    score_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d1's one-step estimate of ``log pi(o_k | q)`` for every completion token: [B, T] float32.
 
@@ -202,7 +203,10 @@ def per_token_logps(
     given the finished earlier blocks; d1's estimate scores every token with
     the whole completion masked. ``block_length == T`` is d1's estimator
     exactly. Costs T / block_length forward passes (and their activations when
-    grad is enabled) instead of one.
+    grad is enabled) instead of one. ``score_mask`` ([B, T] bool, e.g. the
+    tokens up to the first EOS): a block with no scored token in any row is
+    not computed, and its log-probs are returned as 0 (only with
+    ``block_length``; d1's single pass is always made).
     """
     prompt_len = _prompt_length(prompt_mask)
     if noisy_ids is None:
@@ -227,8 +231,17 @@ def per_token_logps(
             f"per_token_logps: block_length {block_length!r} must be a positive integer dividing the "
             f"completion length {completion_len}"
         )
+    if score_mask is not None and score_mask.shape != (input_ids.shape[0], completion_len):
+        raise ConfigError(
+            f"per_token_logps: score_mask {tuple(score_mask.shape)} must be [batch, completion length] = "
+            f"{(input_ids.shape[0], completion_len)}"
+        )
     pieces = []
     for start in range(prompt_len, input_ids.shape[1], block_length):
+        block = slice(start - prompt_len, start - prompt_len + block_length)
+        if score_mask is not None and block_length < completion_len and not bool(score_mask[:, block].any()):
+            pieces.append(torch.zeros((input_ids.shape[0], block_length), device=input_ids.device))
+            continue
         visible = noisy_ids.clone()
         visible[:, prompt_len:start] = input_ids[:, prompt_len:start]  # the finished earlier blocks
         output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)

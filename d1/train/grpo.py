@@ -263,7 +263,8 @@ class DiffuGRPO:
             sl = slice(lo, lo + cfg.batch_size)
             out.append(per_token_logps(model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
-                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length))
+                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length,
+                                       score_mask=ro.keep[sl]))
         return torch.cat(out)
 
     def reference_logps(self, ro: Rollouts) -> list[torch.Tensor]:
@@ -328,7 +329,8 @@ class DiffuGRPO:
             with run.micro_step(step, micro):
                 logp = per_token_logps(run.model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
-                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length)
+                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length,
+                                       score_mask=ro.keep[sl])
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None
                 loss, stats = diffu_grpo_loss(logp, old, ref, ro.advantages[sl], ro.keep[sl],

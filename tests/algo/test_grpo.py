@@ -261,6 +261,30 @@ def test_per_token_logps_blockwise_matches_a_loop_over_tokens():
             per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=bad)
 
 
+def test_per_token_logps_blockwise_skips_blocks_nothing_is_scored_in():
+    model = TinyBidirectionalLM()
+    ids = torch.tensor([[0, 3, 4, 5, EOS, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
+    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
+    prompt_mask[:, :3] = True
+    keep = completion_mask(ids[:, 3:], EOS)  # row 0 ends at column 1, row 1 at column 2
+    assert keep.sum(dim=1).tolist() == [2, 3]
+    full = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=2)
+    model.calls.clear()
+    skipped = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=2,
+                              score_mask=keep)
+    assert len(model.calls) == 2  # blocks 0 and 1 hold scored tokens, block 2 none: not computed
+    torch.testing.assert_close(skipped[:, :4], full[:, :4])
+    assert torch.equal(skipped[:, 4:], torch.zeros(2, 2))
+    # d1's one pass is made whatever the mask says
+    model.calls.clear()
+    nothing = torch.zeros_like(keep)
+    per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, score_mask=nothing)
+    assert len(model.calls) == 1
+    with pytest.raises(ConfigError, match="score_mask"):
+        per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=2,
+                        score_mask=keep[:, :4])
+
+
 # ---------------------------------------------------------------- the loss
 
 
