@@ -242,8 +242,10 @@ def per_token_logps(
         if score_mask is not None and block_length < completion_len and not bool(score_mask[:, block].any()):
             pieces.append(torch.zeros((input_ids.shape[0], block_length), device=input_ids.device))
             continue
-        visible = noisy_ids.clone()
-        visible[:, prompt_len:start] = input_ids[:, prompt_len:start]  # the finished earlier blocks
+        visible = noisy_ids
+        if start > prompt_len:  # show the finished earlier blocks (d1's single pass copies nothing)
+            visible = noisy_ids.clone()
+            visible[:, prompt_len:start] = input_ids[:, prompt_len:start]
         output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
         logits = as_logits(output)[:, start:start + block_length]
         pieces.append(token_log_probs(logits, input_ids[:, start:start + block_length]))
