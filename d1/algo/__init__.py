@@ -2,6 +2,7 @@
 
 from d1.algo.grpo import (
     completion_mask,
+    coupled_completion_mask,
     diffu_grpo_loss,
     draw_mask_seeds,
     group_advantages,
@@ -20,6 +21,7 @@ from d1.algo.masking import (
 
 __all__ = [
     "completion_mask",
+    "coupled_completion_mask",
     "count_response_tokens",
     "diffu_grpo_loss",
     "draw_mask_seeds",

@@ -23,7 +23,9 @@ whole rollout batch once per iteration::
                            noisy_ids=noisy_j[mb], attention_mask=attn[mb])
 
 Block-wise option (``per_token_logps(..., block_length=...)``, not in d1):
-one pass per block, earlier blocks shown; see :func:`per_token_logps`.
+one pass per block, earlier blocks shown; coupled option
+(``coupled_mask=coupled_completion_mask(...)``, not in d1): two passes with
+complementary halves of the completion masked; see :func:`per_token_logps`.
 
 The reference reseeded every global RNG with ``s_j`` before masking each
 micro-batch (``set_seed``), so every micro-batch got the same draws; the
@@ -140,6 +142,44 @@ def mask_prompt_for_logp(
     return torch.where(is_masked, torch.full_like(input_ids, mask_id), input_ids)
 
 
+def coupled_completion_mask(
+    num_rows: int,
+    completion_len: int,
+    *,
+    group_size: int = 1,
+    generator: torch.Generator | None,
+    t_range: tuple[float, float] = (0.2, 0.8),
+) -> torch.Tensor:
+    """The coupled estimator's split of the completion: [num_rows, completion_len] bool.
+
+    Not in d1 (the coupled sampling of DiffuCoder, Gong et al. 2025): per group
+    of ``group_size`` consecutive rows (the G completions of one prompt) a
+    masking rate ``t ~ U(t_range)`` and one uniform per completion position;
+    True where ``u < t``. :func:`per_token_logps` then scores the True tokens in
+    a pass where they are masked and the others shown, and the False tokens in
+    a pass with the complement masked, so every token is scored exactly once,
+    given a random part of the rest of its completion. The rows of a group
+    share the split: a token the G completions share, in the same context,
+    then gets the same log-prob in each and its gradient cancels (advantages
+    sum to zero in a group), as with d1's estimator at ``p_mask_prompt = 0``.
+    Draws on the generator's device (CPU by default), so masks do not depend on
+    where the batch lives.
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
+            or num_rows % group_size:
+        raise ConfigError(
+            f"coupled_completion_mask: group_size {group_size!r} must be a positive integer dividing {num_rows} rows"
+        )
+    lo, hi = t_range
+    if not 0.0 < lo <= hi < 1.0:
+        raise ConfigError(f"coupled_completion_mask: t_range {t_range!r} must satisfy 0 < low <= high < 1")
+    groups = num_rows // group_size
+    device = generator.device if generator is not None else "cpu"
+    t = lo + (hi - lo) * torch.rand((groups, 1), generator=generator, device=device)
+    u = torch.rand((groups, completion_len), generator=generator, device=device)
+    return (u < t).repeat_interleave(group_size, dim=0).cpu()
+
+
 # ---------------------------------------------------------------- per-token log-probs
 
 
@@ -182,6 +222,7 @@ def per_token_logps(
     attention_mask: torch.Tensor | None = None,
     block_length: int | None = None,
     score_mask: torch.Tensor | None = None,
+    coupled_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d1's one-step estimate of ``log pi(o_k | q)`` for every completion token: [B, T] float32.
 
@@ -207,6 +248,15 @@ def per_token_logps(
     tokens up to the first EOS): a block with no scored token in any row is
     not computed, and its log-probs are returned as 0 (only with
     ``block_length``; d1's single pass is always made).
+
+    ``coupled_mask`` ([B, T] bool, from :func:`coupled_completion_mask`; not in
+    d1, excludes ``block_length``): two passes. In the first the completion
+    tokens where the mask is True are masked and the others shown (the true
+    tokens); in the second the complement. Each token's log-prob is read from
+    the pass in which it is masked, so it is scored given a random part of its
+    own completion, closer to how the sampler wrote it (one token at a time,
+    given those decoded before) than d1's all-masked context. A pass that masks
+    no scored token (``score_mask``) is skipped; its tokens get 0.
     """
     prompt_len = _prompt_length(prompt_mask)
     if noisy_ids is None:
@@ -236,6 +286,16 @@ def per_token_logps(
             f"per_token_logps: score_mask {tuple(score_mask.shape)} must be [batch, completion length] = "
             f"{(input_ids.shape[0], completion_len)}"
         )
+    if coupled_mask is not None:
+        if block_length != completion_len:
+            raise ConfigError("per_token_logps: coupled_mask and block_length exclude each other")
+        if coupled_mask.shape != (input_ids.shape[0], completion_len):
+            raise ConfigError(
+                f"per_token_logps: coupled_mask {tuple(coupled_mask.shape)} must be [batch, completion length] = "
+                f"{(input_ids.shape[0], completion_len)}"
+            )
+        return _coupled_logps(model, input_ids, noisy_ids, prompt_len, mask_id, coupled_mask.to(input_ids.device).bool(),
+                              attention_mask, score_mask)
     pieces = []
     for start in range(prompt_len, input_ids.shape[1], block_length):
         block = slice(start - prompt_len, start - prompt_len + block_length)
@@ -250,6 +310,23 @@ def per_token_logps(
         logits = as_logits(output)[:, start:start + block_length]
         pieces.append(token_log_probs(logits, input_ids[:, start:start + block_length]))
     return torch.cat(pieces, dim=1)
+
+
+def _coupled_logps(model: Any, input_ids: torch.Tensor, noisy_ids: torch.Tensor, prompt_len: int, mask_id: int,
+                   split: torch.Tensor, attention_mask: torch.Tensor | None,
+                   score_mask: torch.Tensor | None) -> torch.Tensor:
+    """The two passes of the coupled estimator (see :func:`per_token_logps`): [B, T]."""
+    completion = input_ids[:, prompt_len:]
+    logps = torch.zeros(completion.shape, device=input_ids.device)
+    for masked in (split, ~split):
+        if score_mask is not None and not bool((masked & score_mask.to(masked.device).bool()).any()):
+            continue
+        visible = noisy_ids.clone()
+        visible[:, prompt_len:] = torch.where(masked, torch.full_like(completion, mask_id), completion)
+        output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
+        scored = token_log_probs(as_logits(output)[:, prompt_len:], completion)
+        logps = torch.where(masked, scored, logps)
+    return logps
 
 
 # ---------------------------------------------------------------- the loss

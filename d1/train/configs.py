@@ -41,7 +41,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 REMASKING = ("low_confidence", "random")
 GRPO_LOSS_NORMALIZATION = ("d1", "batch")
-GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise")
+GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise", "coupled")
 DOCUMENT_FORMATS = ("plain", "chat", "bare")
 
 LLADA_INSTRUCT = "GSAI-ML/LLaDA-8B-Instruct"
@@ -337,7 +337,12 @@ class GRPOConfig(TrainConfigBase):
     the blocks the sampler had finished when it wrote it
     (:func:`d1.algo.grpo.per_token_logps`). Costs gen_length / block_length
     passes (and activations) per scoring instead of one; with one block the two
-    are identical.
+    are identical. ``coupled`` (not in d1; DiffuCoder's coupled sampling) = two
+    passes per scoring: each iteration's mask seed also draws a rate t ~ U(0.2,
+    0.8) and a split of the completion per prompt (shared by its G
+    completions); the tokens of one part are scored with that part masked and
+    the other part shown, then the other way round, so every token is scored
+    once, given a random part of its own completion.
     """
 
     SECTION: ClassVar[str] = "grpo"

@@ -10,7 +10,9 @@ iteration j, every completion token is masked and each prompt token is masked
 with probability ``p_mask_prompt`` using ONE mask drawn from seed ``s_j`` for
 the whole rollout batch, and the old, reference and current policy all score
 that same masked input (``logp_estimator: blockwise``: one pass per sampler
-block, earlier blocks shown; not in d1). Per token: PPO clip with ``epsilon`` and ``beta`` x k3
+block, earlier blocks shown; ``coupled``: two passes with complementary random
+parts of the completion masked, the split shared by a prompt's G completions;
+neither in d1). Per token: PPO clip with ``epsilon`` and ``beta`` x k3
 KL to the reference; tokens after the first stop token are excluded
 (:mod:`d1.algo.grpo`).
 
@@ -58,6 +60,7 @@ import torch
 
 from d1.algo.grpo import (
     completion_mask,
+    coupled_completion_mask,
     diffu_grpo_loss,
     draw_mask_seeds,
     group_advantages,
@@ -143,9 +146,22 @@ class Rollouts:
 
     def masked_input(self, iteration: int, *, mask_id: int, p_mask_prompt: float) -> torch.Tensor:
         """The estimator's input of iteration j for the whole batch: one CPU generator from seed s_j."""
-        return mask_prompt_for_logp(self.ids, self.prompt_mask, mask_id, p_mask_prompt,
-                                    generator=mask_generator(self.mask_seeds[iteration]),
-                                    attention_mask=self.attention)
+        return self.estimator_inputs(iteration, mask_id=mask_id, p_mask_prompt=p_mask_prompt)[0]
+
+    def estimator_inputs(self, iteration: int, *, mask_id: int, p_mask_prompt: float,
+                         coupled_group: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Iteration j's masked input [N, P+T] and, with ``coupled_group`` (G), the coupled split [N, T].
+
+        One CPU generator from seed s_j draws the prompt mask first, then the split,
+        so old, reference and current policy all see the same two."""
+        generator = mask_generator(self.mask_seeds[iteration])
+        noisy = mask_prompt_for_logp(self.ids, self.prompt_mask, mask_id, p_mask_prompt, generator=generator,
+                                     attention_mask=self.attention)
+        if coupled_group is None:
+            return noisy, None
+        split = coupled_completion_mask(self.ids.shape[0], self.ids.shape[1] - self.prompt_len,
+                                        group_size=coupled_group, generator=generator)
+        return noisy, split.to(self.ids.device)
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in ("ids", "attention", "prompt_len", "keep", "advantages", "mask_seeds",
@@ -166,6 +182,8 @@ class DiffuGRPO:
         self.ref_model = ref_model
         # the estimator's blocks: the sampler's for "blockwise", one block (d1) otherwise
         self.logp_block_length = self.cfg.block_length if self.cfg.logp_estimator == "blockwise" else None
+        # "coupled": the G completions of a prompt share each iteration's split
+        self.coupled_group = self.cfg.num_generations if self.cfg.logp_estimator == "coupled" else None
 
     # ------------------------------------------------------------------ steps and rounds
     def total_steps(self) -> int:
@@ -256,7 +274,8 @@ class DiffuGRPO:
     def score_logps(self, model: Any, ro: Rollouts, iteration: int) -> torch.Tensor:
         """Per-token log-probs [N, T] (no grad) of iteration ``iteration``, in micro-batches of batch_size."""
         cfg = self.cfg
-        noisy = ro.masked_input(iteration, mask_id=self.ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
+        noisy, split = ro.estimator_inputs(iteration, mask_id=self.ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
+                                           coupled_group=self.coupled_group)
         prompt_mask = ro.prompt_mask
         out = []
         for lo in range(0, ro.ids.shape[0], cfg.batch_size):
@@ -264,7 +283,7 @@ class DiffuGRPO:
             out.append(per_token_logps(model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
                                        attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=ro.keep[sl]))
+                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl]))
         return torch.cat(out)
 
     def reference_logps(self, ro: Rollouts) -> list[torch.Tensor]:
@@ -317,7 +336,8 @@ class DiffuGRPO:
         cfg, run = self.cfg, self.run
         acc, device = run.accelerator, run.device
         timer = StepTimer()
-        noisy = ro.masked_input(iteration, mask_id=self.ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
+        noisy, split = ro.estimator_inputs(iteration, mask_id=self.ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
+                                           coupled_group=self.coupled_group)
         prompt_mask = ro.prompt_mask
         kept_global = reduce_sum(acc, float(ro.keep.sum()), device)
         batch_norm = cfg.loss_normalization == "batch"
@@ -330,7 +350,7 @@ class DiffuGRPO:
                 logp = per_token_logps(run.model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
                                        attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=ro.keep[sl])
+                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl])
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None
                 loss, stats = diffu_grpo_loss(logp, old, ref, ro.advantages[sl], ro.keep[sl],

@@ -11,6 +11,7 @@ from torch import nn
 
 from d1.algo import (
     completion_mask,
+    coupled_completion_mask,
     diffu_grpo_loss,
     draw_mask_seeds,
     group_advantages,
@@ -283,6 +284,71 @@ def test_per_token_logps_blockwise_skips_blocks_nothing_is_scored_in():
     with pytest.raises(ConfigError, match="score_mask"):
         per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=2,
                         score_mask=keep[:, :4])
+
+
+def test_coupled_completion_mask_is_seeded_shared_per_group_and_checked():
+    split = coupled_completion_mask(6, 40, group_size=3, generator=gen(5))
+    assert split.shape == (6, 40) and split.dtype == torch.bool
+    assert torch.equal(split, coupled_completion_mask(6, 40, group_size=3, generator=gen(5)))
+    assert not torch.equal(split, coupled_completion_mask(6, 40, group_size=3, generator=gen(6)))
+    assert torch.equal(split[0], split[2]) and torch.equal(split[3], split[5])  # one split per group
+    assert not torch.equal(split[0], split[3])
+    # the masked share of each group follows its drawn rate, inside t_range
+    many = coupled_completion_mask(400, 200, group_size=1, generator=gen(7), t_range=(0.3, 0.5))
+    rates = many.float().mean(dim=1)
+    assert 0.2 < float(rates.min()) and float(rates.max()) < 0.6
+    assert abs(float(rates.mean()) - 0.4) < 0.01
+    with pytest.raises(ConfigError, match="group_size"):
+        coupled_completion_mask(6, 4, group_size=4, generator=gen(0))
+    for bad in ((0.0, 0.5), (0.6, 0.5), (0.5, 1.0)):
+        with pytest.raises(ConfigError, match="t_range"):
+            coupled_completion_mask(2, 4, generator=gen(0), t_range=bad)
+
+
+def test_per_token_logps_coupled_matches_a_loop_over_tokens():
+    model = TinyBidirectionalLM()
+    ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
+    prompt_len = 3
+    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
+    prompt_mask[:, :prompt_len] = True
+    attention = torch.tensor([[0] + [1] * 8, [1] * 9])
+    noisy = mask_prompt_for_logp(ids, prompt_mask, MASK, 0.3, generator=gen(11), attention_mask=attention)
+    split = torch.tensor([[True, False, True, True, False, False], [False, True, False, False, True, True]])
+    logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                           attention_mask=attention, coupled_mask=split)
+    assert logp.shape == (2, 6) and len(model.calls) == 2  # one pass per part
+    with torch.no_grad():
+        for b in range(2):
+            for k in range(6):
+                # the spec, one token at a time: the prompt as the iteration's mask left it, the tokens
+                # of the completion on the same side of the split as token k masked, the others shown
+                x = noisy[b].clone()
+                same_side = split[b] == split[b, k]
+                completion = ids[b, prompt_len:].clone()
+                completion[same_side] = MASK
+                x[prompt_len:] = completion
+                row = model(x[None], attention_mask=attention[b:b + 1]).logits[0, prompt_len + k]
+                expected = float(row[ids[b, prompt_len + k]] - torch.logsumexp(row, dim=0))
+                assert math.isclose(float(logp[b, k]), expected, rel_tol=1e-5, abs_tol=1e-6)
+    # gradients reach the model through both passes
+    logp.sum().backward()
+    assert model.embed.grad is not None and model.embed.grad.abs().sum() > 0
+    # every token masked on one side: that side is d1's estimator, the other pass is skipped when nothing
+    # it would score is kept
+    everything = torch.ones_like(split)
+    one_step = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                               attention_mask=attention)
+    model.calls.clear()
+    all_masked = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                                 attention_mask=attention, coupled_mask=everything,
+                                 score_mask=torch.ones_like(split))
+    torch.testing.assert_close(all_masked, one_step)
+    assert len(model.calls) == 1
+    with pytest.raises(ConfigError, match="exclude each other"):
+        per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, block_length=2,
+                        coupled_mask=split)
+    with pytest.raises(ConfigError, match="coupled_mask"):
+        per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, coupled_mask=split[:, :4])
 
 
 # ---------------------------------------------------------------- the loss

@@ -9,7 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from d1.algo.grpo import completion_mask, diffu_grpo_loss, per_token_logps
+from d1.algo.grpo import (
+    completion_mask,
+    coupled_completion_mask,
+    diffu_grpo_loss,
+    mask_generator,
+    mask_prompt_for_logp,
+    per_token_logps,
+)
 from d1.errors import ConfigError
 from d1.models.loading import load_model, load_tokenizer, token_ids
 from d1.tasks.countdown import CountdownTask
@@ -82,9 +89,17 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
     policy = fresh_policy(cfg)
     ids = token_ids(policy, load_tokenizer(cfg.model_path))
     noisy = ro.masked_input(iteration, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
+    split = None
+    if cfg.logp_estimator == "coupled":  # the split drawn after the prompt mask from the iteration's seed
+        generator = mask_generator(ro.mask_seeds[iteration])
+        mask_prompt_for_logp(ro.ids, ro.prompt_mask, ids.mask_id, cfg.p_mask_prompt, generator=generator,
+                             attention_mask=ro.attention)
+        split = coupled_completion_mask(ro.ids.shape[0], ro.keep.shape[1], group_size=cfg.num_generations,
+                                        generator=generator)
     logp = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
                            noisy_ids=noisy, attention_mask=ro.attention,
-                           block_length=cfg.block_length if cfg.logp_estimator == "blockwise" else None)
+                           block_length=cfg.block_length if cfg.logp_estimator == "blockwise" else None,
+                           coupled_mask=split)
     old = ro.old_logps[iteration] if ro.old_logps else None
     ref = ro.ref_logps[iteration] if ro.ref_logps else None
     if per_sequence:  # d1 normalisation with one sequence per micro-batch: mean of per-sequence means
@@ -135,6 +150,30 @@ def test_blockwise_estimator_scores_every_policy_block_by_block(tiny_base, tiny_
     assert not torch.allclose(ro.ref_logps[0][:, 4:][kept[:, 4:]], one_step[:, 4:][kept[:, 4:]])
     with pytest.raises(ConfigError, match="grpo.logp_estimator"):
         grpo_config(tiny_base, tiny_data, tmp_path / "bad", logp_estimator="two_step")
+
+
+def test_coupled_estimator_scores_each_token_once_with_a_shared_split(tiny_base, tiny_data, tmp_path, capture):
+    kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
+              loss_normalization="batch", beta=0.04)
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "coupled", logp_estimator="coupled", **kw)
+    run_grpo(cfg)
+    ro = capture["rollouts"][0]
+    # the trainer's gradient is the spec's with the coupled estimator for current, old and reference
+    assert_same_grads(capture["grads"][0], loss_by_hand(cfg, ro, 0, per_sequence=False))
+    policy = fresh_policy(cfg).eval()
+    ids = token_ids(policy, load_tokenizer(cfg.model_path))
+    noisy, split = ro.estimator_inputs(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt, coupled_group=2)
+    assert torch.equal(split[0::2], split[1::2])  # the two completions of a prompt share the split
+    assert split.any() and not split.all()
+    with torch.no_grad(), policy.disable_adapter():
+        coupled = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
+                                  p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy, attention_mask=ro.attention,
+                                  coupled_mask=split)
+        one_step = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
+                                   p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy, attention_mask=ro.attention)
+    kept = ro.keep
+    torch.testing.assert_close(ro.ref_logps[0][kept], coupled[kept])
+    assert not torch.allclose(coupled[kept], one_step[kept])  # tokens are scored with part of the completion shown
 
 
 def test_d1_normalisation_averages_micro_batch_means(tiny_base, tiny_data, tmp_path, capture):
