@@ -223,6 +223,7 @@ def per_token_logps(
     block_length: int | None = None,
     score_mask: torch.Tensor | None = None,
     coupled_mask: torch.Tensor | None = None,
+    unmask_order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d1's one-step estimate of ``log pi(o_k | q)`` for every completion token: [B, T] float32.
 
@@ -257,6 +258,16 @@ def per_token_logps(
     own completion, closer to how the sampler wrote it (one token at a time,
     given those decoded before) than d1's all-masked context. A pass that masks
     no scored token (``score_mask``) is skipped; its tokens get 0.
+
+    ``unmask_order`` ([B, T] non-negative ints; not in d1, excludes the two
+    options above): the replay estimator. Pass c shows the completion tokens
+    whose order is below c, masks the rest, and scores the tokens of order c.
+    With the sampler's decode step of every token (``generate(...,
+    decode_order=)``) bucketed into K chunks, this scores each token given the
+    tokens the sampler had unmasked before its chunk: with one chunk per
+    sampler step it is the rollout's own conditioning exactly; with order =
+    position // block_length it is the block-wise estimator. One pass per
+    order value that holds a scored token (``score_mask``); unscored tokens get 0.
     """
     prompt_len = _prompt_length(prompt_mask)
     if noisy_ids is None:
@@ -286,6 +297,18 @@ def per_token_logps(
             f"per_token_logps: score_mask {tuple(score_mask.shape)} must be [batch, completion length] = "
             f"{(input_ids.shape[0], completion_len)}"
         )
+    if unmask_order is not None:
+        if block_length != completion_len or coupled_mask is not None:
+            raise ConfigError("per_token_logps: unmask_order excludes block_length and coupled_mask")
+        if unmask_order.shape != (input_ids.shape[0], completion_len) or unmask_order.is_floating_point() \
+                or bool((unmask_order < 0).any()):
+            raise ConfigError(
+                f"per_token_logps: unmask_order must hold non-negative integers of shape [batch, completion "
+                f"length] = {(input_ids.shape[0], completion_len)}, got {unmask_order.dtype} "
+                f"{tuple(unmask_order.shape)}"
+            )
+        return _replay_logps(model, input_ids, noisy_ids, prompt_len, mask_id, unmask_order.to(input_ids.device),
+                             attention_mask, score_mask)
     if coupled_mask is not None:
         if block_length != completion_len:
             raise ConfigError("per_token_logps: coupled_mask and block_length exclude each other")
@@ -326,6 +349,22 @@ def _coupled_logps(model: Any, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
         output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
         scored = token_log_probs(as_logits(output)[:, prompt_len:], completion)
         logps = torch.where(masked, scored, logps)
+    return logps
+
+
+def _replay_logps(model: Any, input_ids: torch.Tensor, noisy_ids: torch.Tensor, prompt_len: int, mask_id: int,
+                  order: torch.Tensor, attention_mask: torch.Tensor | None,
+                  score_mask: torch.Tensor | None) -> torch.Tensor:
+    """The passes of the replay estimator (see :func:`per_token_logps`): [B, T]."""
+    completion = input_ids[:, prompt_len:]
+    scored_anywhere = order if score_mask is None else order[score_mask.to(order.device).bool()]
+    logps = torch.zeros(completion.shape, device=input_ids.device)
+    for chunk in torch.unique(scored_anywhere).tolist():
+        visible = noisy_ids.clone()
+        visible[:, prompt_len:] = torch.where(order < chunk, completion, torch.full_like(completion, mask_id))
+        output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
+        scored = token_log_probs(as_logits(output)[:, prompt_len:], completion)
+        logps = torch.where(order == chunk, scored, logps)
     return logps
 
 

@@ -183,6 +183,7 @@ def generate(
     mask_id: int,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    decode_order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode ``gen_length`` tokens after ``prompt`` by iterative unmasking (LLaDA sampler).
 
@@ -196,6 +197,11 @@ def generate(
     generator: source of the Gumbel noise and random confidences; must live on
         the prompt's device. Unused when ``temperature == 0`` and ``remasking ==
         "low_confidence"``.
+    decode_order: optional [B, gen_length] integer tensor on the prompt's device,
+        filled in place with the step (0-based, counted over all blocks) at which
+        each answer position was unmasked: the record diffu-GRPO's ``replay``
+        estimator scores the rollout with. Not in LLaDA's sampler; does not
+        change the tokens.
 
     Returns [B, P + gen_length]: the prompt unchanged (mask tokens in it are never
     filled), then the answer. Runs under ``torch.no_grad`` (not inference mode, so
@@ -208,6 +214,12 @@ def generate(
     )
     batch, prompt_len = prompt.shape
     device = prompt.device
+    if decode_order is not None and (decode_order.shape != (batch, gen_length) or decode_order.is_floating_point()
+                                     or decode_order.device != device):
+        raise ConfigError(
+            f"generate: decode_order must be an integer tensor of shape {(batch, gen_length)} on {device}, got "
+            f"{decode_order.dtype} {tuple(decode_order.shape)} on {decode_order.device}"
+        )
     x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)
     x[:, :prompt_len] = prompt
     full_mask = None
@@ -231,6 +243,9 @@ def generate(
             confidence = confidence.masked_fill(block_tokens != mask_id, float("-inf"))
             transfer = _select_top_k(confidence, schedule[:, step], k_max[step])
             x[:, start:end] = torch.where(transfer, proposal, block_tokens)
+            if decode_order is not None:
+                window = decode_order[:, start - prompt_len:end - prompt_len]
+                window.masked_fill_(transfer, block * steps_per_block + step)
     return x
 
 

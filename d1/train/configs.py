@@ -41,7 +41,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 REMASKING = ("low_confidence", "random")
 GRPO_LOSS_NORMALIZATION = ("d1", "batch")
-GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise", "coupled")
+GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise", "coupled", "replay")
 DOCUMENT_FORMATS = ("plain", "chat", "bare")
 
 LLADA_INSTRUCT = "GSAI-ML/LLaDA-8B-Instruct"
@@ -342,7 +342,13 @@ class GRPOConfig(TrainConfigBase):
     0.8) and a split of the completion per prompt (shared by its G
     completions); the tokens of one part are scored with that part masked and
     the other part shown, then the other way round, so every token is scored
-    once, given a random part of its own completion.
+    once, given a random part of its own completion. ``replay`` (not in d1) =
+    the sampler records the step at which it unmasked every rollout token;
+    the steps are cut into ``replay_chunks`` consecutive chunks (null: one per
+    step) and each chunk is one pass that shows the tokens unmasked before it
+    and scores its own, so a token is scored given (nearly) what the sampler
+    saw when it wrote it. Costs one pass per chunk.
+    replay_chunks: chunks of sampler steps for ``replay`` (null = diffusion_steps).
     """
 
     SECTION: ClassVar[str] = "grpo"
@@ -369,6 +375,7 @@ class GRPOConfig(TrainConfigBase):
     scale_rewards: bool = False  # divide advantages by the group std (GRPO); d1 does not
     loss_normalization: str = "d1"
     logp_estimator: str = "one_step"
+    replay_chunks: int | None = None
     # optimiser (d1 train.yaml)
     lr: float = 3e-6
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -420,6 +427,11 @@ class GRPOConfig(TrainConfigBase):
             _fail(f"{s}.p_mask_prompt", f"must be in [0, 1], got {self.p_mask_prompt}")
         _one_of(s, "loss_normalization", self.loss_normalization, GRPO_LOSS_NORMALIZATION)
         _one_of(s, "logp_estimator", self.logp_estimator, GRPO_LOGP_ESTIMATORS)
+        if self.replay_chunks is not None:
+            _positive(s, "replay_chunks", self.replay_chunks)
+            if self.replay_chunks > self.diffusion_steps:
+                _fail(f"{s}.replay_chunks", f"{self.replay_chunks} is more than the {self.diffusion_steps} "
+                      "sampler steps it cuts into chunks")
         if self.load_in_4bit and self.full_finetune:
             _fail(f"{s}.load_in_4bit", "a 4-bit base cannot be fully fine-tuned; use LoRA")
 

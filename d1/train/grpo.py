@@ -12,7 +12,9 @@ the whole rollout batch, and the old, reference and current policy all score
 that same masked input (``logp_estimator: blockwise``: one pass per sampler
 block, earlier blocks shown; ``coupled``: two passes with complementary random
 parts of the completion masked, the split shared by a prompt's G completions;
-neither in d1). Per token: PPO clip with ``epsilon`` and ``beta`` x k3
+``replay``: the sampler's unmasking order recorded with each rollout, one pass
+per chunk of ``replay_chunks`` of its steps, each token scored given the tokens
+unmasked before its chunk; none of them in d1). Per token: PPO clip with ``epsilon`` and ``beta`` x k3
 KL to the reference; tokens after the first stop token are excluded
 (:mod:`d1.algo.grpo`).
 
@@ -119,6 +121,19 @@ def load_prompts(tokenizer: Any, cfg: GRPOConfig) -> list[PromptItem]:
     return items
 
 
+def replay_chunks(decode_order: torch.Tensor, steps: int, chunks: int | None) -> torch.Tensor:
+    """The sampler's decode step of every token [N, T] -> its replay chunk [N, T] (0..chunks-1).
+
+    ``chunks`` consecutive runs of ``steps / chunks`` sampler steps (None: one chunk
+    per step, the rollout's own conditioning). A position the sampler never filled
+    (order -1: cannot happen with LLaDA's schedule) would be an error."""
+    if bool((decode_order < 0).any()):
+        raise DataError("grpo: the sampler left a completion position without a decode step")
+    if chunks is None or chunks >= steps:
+        return decode_order.clone()
+    return decode_order * chunks // steps
+
+
 @dataclass
 class Rollouts:
     """One round's rollouts on this process and everything the mu iterations reuse.
@@ -137,6 +152,7 @@ class Rollouts:
     old_logps: list[torch.Tensor] | None
     ref_logps: list[torch.Tensor] | None
     metrics: dict = field(default_factory=dict)
+    unmask_order: torch.Tensor | None = None  # [N, T] replay chunk of every token (logp_estimator: replay)
 
     @property
     def prompt_mask(self) -> torch.Tensor:
@@ -165,7 +181,7 @@ class Rollouts:
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in ("ids", "attention", "prompt_len", "keep", "advantages", "mask_seeds",
-                                              "old_logps", "ref_logps", "metrics")}
+                                              "old_logps", "ref_logps", "metrics", "unmask_order")}
 
 
 class DiffuGRPO:
@@ -215,6 +231,8 @@ class DiffuGRPO:
         start = time.perf_counter()
         generator = make_generator(cfg.seed, "grpo", "rollout", round_index, run.rank, device=device)
         chunks = []
+        replay = cfg.logp_estimator == "replay"
+        decode_order = torch.full((prompt_ids.shape[0], cfg.gen_length), -1, dtype=torch.long, device=device)
         with run.accelerator.autocast():
             for lo in range(0, prompt_ids.shape[0], cfg.generation_batch_size):
                 hi = lo + cfg.generation_batch_size
@@ -222,7 +240,8 @@ class DiffuGRPO:
                                        block_length=cfg.block_length, steps=cfg.diffusion_steps,
                                        temperature=cfg.temperature, cfg_scale=cfg.cfg_scale,
                                        remasking=cfg.remasking, mask_id=self.ids.mask_id,
-                                       attention_mask=prompt_attention[lo:hi], generator=generator))
+                                       attention_mask=prompt_attention[lo:hi], generator=generator,
+                                       decode_order=decode_order[lo:hi] if replay else None))
         rollout_time = time.perf_counter() - start
         ids = torch.cat(chunks)
         prompt_len = prompt_ids.shape[1]
@@ -239,10 +258,12 @@ class DiffuGRPO:
         else:
             seeds = [FIXED_MASK_SEED] * cfg.num_iterations
         ro = Rollouts(ids=ids, attention=attention, prompt_len=prompt_len, keep=keep, advantages=advantages,
-                      mask_seeds=seeds, old_logps=None, ref_logps=None)
+                      mask_seeds=seeds, old_logps=None, ref_logps=None,
+                      unmask_order=replay_chunks(decode_order, cfg.diffusion_steps, cfg.replay_chunks)
+                      if replay else None)
         with run.accelerator.autocast():
             if cfg.num_iterations > 1:
-                ro.old_logps = [self.score_logps(policy, ro, j) for j in range(cfg.num_iterations)]
+                ro.old_logps = self.each_iteration(lambda j: self.score_logps(policy, ro, j))
             if cfg.beta > 0:
                 ro.ref_logps = self.reference_logps(ro)
         policy.train(was_training)
@@ -283,16 +304,24 @@ class DiffuGRPO:
             out.append(per_token_logps(model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
                                        attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl]))
+                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl],
+                                       unmask_order=None if ro.unmask_order is None else ro.unmask_order[sl]))
         return torch.cat(out)
 
-    def reference_logps(self, ro: Rollouts) -> list[torch.Tensor]:
+    def each_iteration(self, score: Any) -> list[torch.Tensor]:
+        """``[score(j) for j in range(mu)]``, computed once when every iteration's estimator input is the
+        same (no prompt masking, and not the coupled estimator, whose split changes with the seed)."""
         mu = self.cfg.num_iterations
+        if self.cfg.p_mask_prompt == 0 and self.coupled_group is None:
+            return [score(0)] * mu
+        return [score(j) for j in range(mu)]
+
+    def reference_logps(self, ro: Rollouts) -> list[torch.Tensor]:
         if self.ref_model is not None:
-            return [self.score_logps(self.ref_model, ro, j) for j in range(mu)]
+            return self.each_iteration(lambda j: self.score_logps(self.ref_model, ro, j))
         policy = self.run.unwrapped
         with policy.disable_adapter():
-            return [self.score_logps(policy, ro, j) for j in range(mu)]
+            return self.each_iteration(lambda j: self.score_logps(policy, ro, j))
 
     def round_metrics(self, rewards: torch.Tensor, components: dict[str, torch.Tensor], keep: torch.Tensor,
                       rollout_time: float) -> dict:
@@ -350,7 +379,8 @@ class DiffuGRPO:
                 logp = per_token_logps(run.model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
                                        attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl])
+                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl],
+                                       unmask_order=None if ro.unmask_order is None else ro.unmask_order[sl])
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None
                 loss, stats = diffu_grpo_loss(logp, old, ref, ro.advantages[sl], ro.keep[sl],

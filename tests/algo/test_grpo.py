@@ -351,6 +351,58 @@ def test_per_token_logps_coupled_matches_a_loop_over_tokens():
         per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, coupled_mask=split[:, :4])
 
 
+def test_per_token_logps_replay_matches_a_loop_over_tokens():
+    model = TinyBidirectionalLM()
+    ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
+    prompt_len = 3
+    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
+    prompt_mask[:, :prompt_len] = True
+    attention = torch.tensor([[0] + [1] * 8, [1] * 9])
+    noisy = mask_prompt_for_logp(ids, prompt_mask, MASK, 0.3, generator=gen(11), attention_mask=attention)
+    order = torch.tensor([[2, 0, 1, 1, 3, 3], [0, 2, 2, 1, 3, 0]])
+    logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                           attention_mask=attention, unmask_order=order)
+    assert logp.shape == (2, 6) and len(model.calls) == 4  # one pass per chunk
+    with torch.no_grad():
+        for b in range(2):
+            for k in range(6):
+                # the spec, one token at a time: tokens unmasked in an earlier chunk shown, the rest masked
+                x = noisy[b].clone()
+                completion = ids[b, prompt_len:].clone()
+                completion[order[b] >= order[b, k]] = MASK
+                x[prompt_len:] = completion
+                row = model(x[None], attention_mask=attention[b:b + 1]).logits[0, prompt_len + k]
+                expected = float(row[ids[b, prompt_len + k]] - torch.logsumexp(row, dim=0))
+                assert math.isclose(float(logp[b, k]), expected, rel_tol=1e-5, abs_tol=1e-6)
+    logp.sum().backward()
+    assert model.embed.grad is not None and model.embed.grad.abs().sum() > 0
+    # order = block index: the block-wise estimator; all zeros: d1's
+    blocks = torch.arange(6).repeat(2, 1) // 2
+    by_order = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                               attention_mask=attention, unmask_order=blocks)
+    by_block = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                               attention_mask=attention, block_length=2)
+    torch.testing.assert_close(by_order, by_block)
+    one_step = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                               attention_mask=attention)
+    torch.testing.assert_close(per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3,
+                                               noisy_ids=noisy, attention_mask=attention,
+                                               unmask_order=torch.zeros_like(order)), one_step)
+    # chunks holding no scored token are not computed
+    model.calls.clear()
+    keep = torch.tensor([[True, True, True, True, False, False], [True, False, False, True, False, True]])
+    skipped = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                              attention_mask=attention, unmask_order=order, score_mask=keep)
+    assert len(model.calls) == 3  # chunk 3 holds only unscored tokens
+    torch.testing.assert_close(skipped[keep], logp.detach()[keep])
+    for bad in (order[:, :4], order.float(), order - 1):
+        with pytest.raises(ConfigError, match="unmask_order"):
+            per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, unmask_order=bad)
+    with pytest.raises(ConfigError, match="excludes"):
+        per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0, unmask_order=order,
+                        block_length=2)
+
+
 # ---------------------------------------------------------------- the loss
 
 

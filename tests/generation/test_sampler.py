@@ -239,6 +239,29 @@ def test_one_block_one_token_per_step_is_low_confidence_decoding():
         assert int(after[0, pos]) == best[pos]
 
 
+def test_decode_order_records_the_step_each_token_was_unmasked():
+    model = ToyDiffusionLM(seed=2)
+    kwargs = dict(gen_length=8, block_length=4, steps=6, temperature=0.8, mask_id=MASK)
+    prompt = torch.tensor(PROMPTS)
+    plain = generate(model, prompt, generator=torch.Generator().manual_seed(5), **kwargs)
+    model.calls.clear()
+    order = torch.full((2, 8), -1, dtype=torch.long)
+    out = generate(model, prompt, generator=torch.Generator().manual_seed(5), decode_order=order, **kwargs)
+    assert torch.equal(out, plain)  # recording does not change the tokens
+    # 3 steps per block, 4 tokens a block: 2, 1, 1 tokens at steps 0-2 (block 0) and 3-5 (block 1)
+    assert sorted(order[0].tolist()) == [0, 0, 1, 2, 3, 3, 4, 5]
+    states = [ids for ids, _ in model.calls] + [out]
+    assert len(states) == 7
+    for step, (before, after) in enumerate(zip(states[:-1], states[1:])):
+        changed = (before[:, 5:] != after[:, 5:])
+        assert torch.equal(changed, order == step)
+    with pytest.raises(ConfigError, match="decode_order"):
+        generate(model, prompt, decode_order=torch.zeros(2, 7, dtype=torch.long), gen_length=8, block_length=4,
+                 steps=6, mask_id=MASK)
+    with pytest.raises(ConfigError, match="decode_order"):
+        generate(model, prompt, decode_order=torch.zeros(2, 8), gen_length=8, block_length=4, steps=6, mask_id=MASK)
+
+
 # ---------------------------------------------------------------- batching and padding
 
 

@@ -99,7 +99,7 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
     logp = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
                            noisy_ids=noisy, attention_mask=ro.attention,
                            block_length=cfg.block_length if cfg.logp_estimator == "blockwise" else None,
-                           coupled_mask=split)
+                           coupled_mask=split, unmask_order=ro.unmask_order)
     old = ro.old_logps[iteration] if ro.old_logps else None
     ref = ro.ref_logps[iteration] if ro.ref_logps else None
     if per_sequence:  # d1 normalisation with one sequence per micro-batch: mean of per-sequence means
@@ -176,6 +176,38 @@ def test_coupled_estimator_scores_each_token_once_with_a_shared_split(tiny_base,
     assert not torch.allclose(coupled[kept], one_step[kept])  # tokens are scored with part of the completion shown
 
 
+def test_replay_estimator_scores_tokens_in_the_samplers_order(tiny_base, tiny_data, tmp_path, capture):
+    kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
+              diffusion_steps=8, loss_normalization="batch", beta=0.04)
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "replay", logp_estimator="replay", replay_chunks=4, **kw)
+    run_grpo(cfg)
+    ro = capture["rollouts"][0]
+    # 8 steps, one token each, cut into 4 chunks of 2 steps: every chunk holds two tokens of its block
+    assert ro.unmask_order.shape == (4, 8)
+    for row in ro.unmask_order.tolist():
+        assert sorted(row) == [0, 0, 1, 1, 2, 2, 3, 3]
+        assert set(row[:4]) == {0, 1} and set(row[4:]) == {2, 3}  # blocks are decoded in turn
+    policy = fresh_policy(cfg).eval()
+    ids = token_ids(policy, load_tokenizer(cfg.model_path))
+    # the trainer's gradient is the spec's with the replay estimator for current, old and reference
+    assert_same_grads(capture["grads"][0], loss_by_hand(cfg, ro, 0, per_sequence=False))
+    noisy = ro.masked_input(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
+    with torch.no_grad(), policy.disable_adapter():
+        replayed = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
+                                   p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy, attention_mask=ro.attention,
+                                   unmask_order=ro.unmask_order)
+    kept = ro.keep
+    torch.testing.assert_close(ro.ref_logps[0][kept], replayed[kept])
+    # one chunk per step (null) keeps the step itself
+    run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "exact", logp_estimator="replay", **kw))
+    exact = capture["rollouts"][1]
+    assert torch.equal(exact.ids, ro.ids)
+    assert torch.equal(exact.unmask_order // 2, ro.unmask_order)
+    for bad in (0, 9):
+        with pytest.raises(ConfigError, match="grpo.replay_chunks"):
+            grpo_config(tiny_base, tiny_data, tmp_path / "bad", logp_estimator="replay", replay_chunks=bad, **kw)
+
+
 def test_d1_normalisation_averages_micro_batch_means(tiny_base, tiny_data, tmp_path, capture):
     cfg = grpo_config(tiny_base, tiny_data, tmp_path / "d1", batch_size=1, grad_accum=4, max_steps=1,
                       loss_normalization="d1")
@@ -200,6 +232,28 @@ def test_old_ref_and_current_policy_share_the_iteration_mask(tiny_base, tiny_dat
     ro = capture["rollouts"][0]
     assert len(ro.old_logps) == 2 and len(ro.ref_logps) == 2 and len(set(ro.mask_seeds)) == 2
     assert not torch.equal(ro.old_logps[0], ro.old_logps[1])  # different mask seeds, different estimates
+
+
+def test_without_prompt_masking_each_round_scores_old_and_reference_once(tiny_base, tiny_data, tmp_path, capture):
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "p0", num_iterations=3, max_steps=1, beta=0.04,
+                      p_mask_prompt=0.0)
+    run_grpo(cfg)
+    ro = capture["rollouts"][0]
+    # every iteration's estimator input is the same: one scoring serves all three
+    assert ro.old_logps[0] is ro.old_logps[1] is ro.old_logps[2]
+    assert ro.ref_logps[0] is ro.ref_logps[2]
+    policy = fresh_policy(cfg).eval()
+    ids = token_ids(policy, load_tokenizer(cfg.model_path))
+    noisy = ro.masked_input(2, mask_id=ids.mask_id, p_mask_prompt=0.0)
+    with torch.no_grad():
+        third = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=0.0,
+                                noisy_ids=noisy, attention_mask=ro.attention)
+    torch.testing.assert_close(ro.old_logps[2][ro.keep], third[ro.keep])
+    # the coupled split changes with each iteration's seed, so it is scored every time
+    run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "p0c", num_iterations=3, max_steps=1, beta=0.04,
+                         p_mask_prompt=0.0, logp_estimator="coupled"))
+    coupled = capture["rollouts"][1]
+    assert not torch.equal(coupled.old_logps[0], coupled.old_logps[1])
 
 
 def test_mu_1_with_beta_runs(tiny_base, tiny_data, tmp_path, capture):
