@@ -232,7 +232,8 @@ class DiffuGRPO:
         generator = make_generator(cfg.seed, "grpo", "rollout", round_index, run.rank, device=device)
         chunks = []
         replay = cfg.logp_estimator == "replay"
-        decode_order = torch.full((prompt_ids.shape[0], cfg.gen_length), -1, dtype=torch.long, device=device)
+        decode_order = (torch.full((prompt_ids.shape[0], cfg.gen_length), -1, dtype=torch.long, device=device)
+                        if replay else None)
         with run.accelerator.autocast():
             for lo in range(0, prompt_ids.shape[0], cfg.generation_batch_size):
                 hi = lo + cfg.generation_batch_size

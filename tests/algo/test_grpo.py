@@ -222,29 +222,40 @@ def test_per_token_logps_errors():
     assert per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.0).shape == (2, 4)
 
 
-def test_per_token_logps_blockwise_matches_a_loop_over_tokens():
-    model = TinyBidirectionalLM()
+def estimator_case():
+    """Two rows of 3 prompt tokens (row 0 left-padded) + 6 completion tokens, and the prompt mask of an iteration."""
     ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
-    prompt_len, block = 3, 2
     prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
-    prompt_mask[:, :prompt_len] = True
+    prompt_mask[:, :3] = True
     attention = torch.tensor([[0] + [1] * 8, [1] * 9])
     noisy = mask_prompt_for_logp(ids, prompt_mask, MASK, 0.3, generator=gen(11), attention_mask=attention)
-    logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
-                           attention_mask=attention, block_length=block)
-    assert logp.shape == (2, 6) and len(model.calls) == 3  # one pass per block
+    return ids, prompt_mask, attention, noisy
+
+
+def assert_matches_token_loop(model, logp, ids, noisy, attention, prompt_len, hidden):
+    """The spec, one forward pass per token: ``logp[b, k]`` is read from the prompt as ``noisy`` left it and
+    the completion with the tokens where ``hidden(b, k)`` ([T] bool) is True masked, the others shown."""
     with torch.no_grad():
-        for b in range(2):
-            for k in range(6):
-                # the spec, one token at a time: the prompt as the iteration's mask left it, the
-                # completion's earlier blocks shown, this block and later ones masked
+        for b in range(ids.shape[0]):
+            for k in range(ids.shape[1] - prompt_len):
                 x = noisy[b].clone()
-                done = (k // block) * block
-                x[prompt_len:prompt_len + done] = ids[b, prompt_len:prompt_len + done]
-                assert (x[prompt_len + done:] == MASK).all()
+                x[prompt_len:] = torch.where(hidden(b, k), MASK, ids[b, prompt_len:])
                 row = model(x[None], attention_mask=attention[b:b + 1]).logits[0, prompt_len + k]
                 expected = float(row[ids[b, prompt_len + k]] - torch.logsumexp(row, dim=0))
                 assert math.isclose(float(logp[b, k]), expected, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_per_token_logps_blockwise_matches_a_loop_over_tokens():
+    model = TinyBidirectionalLM()
+    ids, prompt_mask, attention, noisy = estimator_case()
+    prompt_len, block = 3, 2
+    logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
+                           attention_mask=attention, block_length=block)
+    assert logp.shape == (2, 6) and len(model.calls) == 3  # one pass per block
+    assert (noisy[:, prompt_len:] == MASK).all()  # the iteration's input: every completion token masked
+    # the completion's earlier blocks shown, this block and later ones masked
+    assert_matches_token_loop(model, logp, ids, noisy, attention, prompt_len,
+                              lambda b, k: torch.arange(6) >= (k // block) * block)
     # the first block is scored exactly as d1's estimator scores it; later blocks differ (they see more)
     one_step = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
                                attention_mask=attention)
@@ -307,29 +318,15 @@ def test_coupled_completion_mask_is_seeded_shared_per_group_and_checked():
 
 def test_per_token_logps_coupled_matches_a_loop_over_tokens():
     model = TinyBidirectionalLM()
-    ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
+    ids, prompt_mask, attention, noisy = estimator_case()
     prompt_len = 3
-    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
-    prompt_mask[:, :prompt_len] = True
-    attention = torch.tensor([[0] + [1] * 8, [1] * 9])
-    noisy = mask_prompt_for_logp(ids, prompt_mask, MASK, 0.3, generator=gen(11), attention_mask=attention)
     split = torch.tensor([[True, False, True, True, False, False], [False, True, False, False, True, True]])
     logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
                            attention_mask=attention, coupled_mask=split)
     assert logp.shape == (2, 6) and len(model.calls) == 2  # one pass per part
-    with torch.no_grad():
-        for b in range(2):
-            for k in range(6):
-                # the spec, one token at a time: the prompt as the iteration's mask left it, the tokens
-                # of the completion on the same side of the split as token k masked, the others shown
-                x = noisy[b].clone()
-                same_side = split[b] == split[b, k]
-                completion = ids[b, prompt_len:].clone()
-                completion[same_side] = MASK
-                x[prompt_len:] = completion
-                row = model(x[None], attention_mask=attention[b:b + 1]).logits[0, prompt_len + k]
-                expected = float(row[ids[b, prompt_len + k]] - torch.logsumexp(row, dim=0))
-                assert math.isclose(float(logp[b, k]), expected, rel_tol=1e-5, abs_tol=1e-6)
+    # the tokens on the same side of the split as token k masked, the others shown
+    assert_matches_token_loop(model, logp, ids, noisy, attention, prompt_len,
+                              lambda b, k: split[b] == split[b, k])
     # gradients reach the model through both passes
     logp.sum().backward()
     assert model.embed.grad is not None and model.embed.grad.abs().sum() > 0
@@ -353,27 +350,15 @@ def test_per_token_logps_coupled_matches_a_loop_over_tokens():
 
 def test_per_token_logps_replay_matches_a_loop_over_tokens():
     model = TinyBidirectionalLM()
-    ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 3, EOS], [3, 3, 1, 5, 8, 2, 2, 2, 2]])
+    ids, prompt_mask, attention, noisy = estimator_case()
     prompt_len = 3
-    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
-    prompt_mask[:, :prompt_len] = True
-    attention = torch.tensor([[0] + [1] * 8, [1] * 9])
-    noisy = mask_prompt_for_logp(ids, prompt_mask, MASK, 0.3, generator=gen(11), attention_mask=attention)
     order = torch.tensor([[2, 0, 1, 1, 3, 3], [0, 2, 2, 1, 3, 0]])
     logp = per_token_logps(model, ids, prompt_mask, mask_id=MASK, p_mask_prompt=0.3, noisy_ids=noisy,
                            attention_mask=attention, unmask_order=order)
     assert logp.shape == (2, 6) and len(model.calls) == 4  # one pass per chunk
-    with torch.no_grad():
-        for b in range(2):
-            for k in range(6):
-                # the spec, one token at a time: tokens unmasked in an earlier chunk shown, the rest masked
-                x = noisy[b].clone()
-                completion = ids[b, prompt_len:].clone()
-                completion[order[b] >= order[b, k]] = MASK
-                x[prompt_len:] = completion
-                row = model(x[None], attention_mask=attention[b:b + 1]).logits[0, prompt_len + k]
-                expected = float(row[ids[b, prompt_len + k]] - torch.logsumexp(row, dim=0))
-                assert math.isclose(float(logp[b, k]), expected, rel_tol=1e-5, abs_tol=1e-6)
+    # tokens unmasked in an earlier chunk shown, the rest masked
+    assert_matches_token_loop(model, logp, ids, noisy, attention, prompt_len,
+                              lambda b, k: order[b] >= order[b, k])
     logp.sum().backward()
     assert model.embed.grad is not None and model.embed.grad.abs().sum() > 0
     # order = block index: the block-wise estimator; all zeros: d1's
