@@ -113,6 +113,17 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
     return {n: p.grad for n, p in policy.named_parameters() if p.requires_grad}
 
 
+def reference_scores(cfg, ro, **estimator):
+    """Iteration 0's per-token log-probs [N, T] of the starting policy with its adapter off (the reference),
+    by the estimator options given (``block_length=``, ``coupled_mask=``, ``unmask_order=``; none: d1's)."""
+    policy = fresh_policy(cfg).eval()
+    ids = token_ids(policy, load_tokenizer(cfg.model_path))
+    noisy = ro.masked_input(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
+    with torch.no_grad(), policy.disable_adapter():
+        return per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
+                               noisy_ids=noisy, attention_mask=ro.attention, **estimator)
+
+
 def test_accumulation_1x4_equals_4x1(tiny_base, tiny_data, tmp_path, capture):
     kw = dict(max_steps=1, num_generations=2, loss_normalization="batch")
     run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "a", batch_size=4, grad_accum=1, **kw))
@@ -133,17 +144,7 @@ def test_blockwise_estimator_scores_every_policy_block_by_block(tiny_base, tiny_
     ro = capture["rollouts"][0]
     # the trainer's gradient is the spec's with the block-wise estimator for current, old and reference
     assert_same_grads(capture["grads"][0], loss_by_hand(cfg, ro, 0, per_sequence=False))
-    policy = fresh_policy(cfg).eval()
-    ids = token_ids(policy, load_tokenizer(cfg.model_path))
-    noisy = ro.masked_input(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
-    with torch.no_grad():
-        with policy.disable_adapter():
-            by_block = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
-                                       p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy,
-                                       attention_mask=ro.attention, block_length=4)
-            one_step = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
-                                       p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy,
-                                       attention_mask=ro.attention)
+    by_block, one_step = reference_scores(cfg, ro, block_length=4), reference_scores(cfg, ro)
     kept = ro.keep
     torch.testing.assert_close(ro.ref_logps[0][kept], by_block[kept])
     assert kept[:, 4:].any()  # the second block is scored somewhere, and differs from d1's estimate
@@ -160,17 +161,12 @@ def test_coupled_estimator_scores_each_token_once_with_a_shared_split(tiny_base,
     ro = capture["rollouts"][0]
     # the trainer's gradient is the spec's with the coupled estimator for current, old and reference
     assert_same_grads(capture["grads"][0], loss_by_hand(cfg, ro, 0, per_sequence=False))
-    policy = fresh_policy(cfg).eval()
-    ids = token_ids(policy, load_tokenizer(cfg.model_path))
-    noisy, split = ro.estimator_inputs(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt, coupled_group=2)
+    mask_id = token_ids(fresh_policy(cfg), load_tokenizer(cfg.model_path)).mask_id
+    noisy, split = ro.estimator_inputs(0, mask_id=mask_id, p_mask_prompt=cfg.p_mask_prompt, coupled_group=2)
+    assert torch.equal(noisy, ro.masked_input(0, mask_id=mask_id, p_mask_prompt=cfg.p_mask_prompt))
     assert torch.equal(split[0::2], split[1::2])  # the two completions of a prompt share the split
     assert split.any() and not split.all()
-    with torch.no_grad(), policy.disable_adapter():
-        coupled = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
-                                  p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy, attention_mask=ro.attention,
-                                  coupled_mask=split)
-        one_step = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
-                                   p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy, attention_mask=ro.attention)
+    coupled, one_step = reference_scores(cfg, ro, coupled_mask=split), reference_scores(cfg, ro)
     kept = ro.keep
     torch.testing.assert_close(ro.ref_logps[0][kept], coupled[kept])
     assert not torch.allclose(coupled[kept], one_step[kept])  # tokens are scored with part of the completion shown
@@ -187,15 +183,9 @@ def test_replay_estimator_scores_tokens_in_the_samplers_order(tiny_base, tiny_da
     for row in ro.unmask_order.tolist():
         assert sorted(row) == [0, 0, 1, 1, 2, 2, 3, 3]
         assert set(row[:4]) == {0, 1} and set(row[4:]) == {2, 3}  # blocks are decoded in turn
-    policy = fresh_policy(cfg).eval()
-    ids = token_ids(policy, load_tokenizer(cfg.model_path))
     # the trainer's gradient is the spec's with the replay estimator for current, old and reference
     assert_same_grads(capture["grads"][0], loss_by_hand(cfg, ro, 0, per_sequence=False))
-    noisy = ro.masked_input(0, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
-    with torch.no_grad(), policy.disable_adapter():
-        replayed = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id,
-                                   p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy, attention_mask=ro.attention,
-                                   unmask_order=ro.unmask_order)
+    replayed = reference_scores(cfg, ro, unmask_order=ro.unmask_order)
     kept = ro.keep
     torch.testing.assert_close(ro.ref_logps[0][kept], replayed[kept])
     # one chunk per step (null) keeps the step itself
