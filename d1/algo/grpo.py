@@ -307,8 +307,9 @@ def per_token_logps(
                 f"length] = {(input_ids.shape[0], completion_len)}, got {unmask_order.dtype} "
                 f"{tuple(unmask_order.shape)}"
             )
-        return _replay_logps(model, input_ids, noisy_ids, prompt_len, mask_id, unmask_order.to(input_ids.device),
-                             attention_mask, score_mask)
+        order = unmask_order.to(input_ids.device)
+        passes = [(order >= chunk, order == chunk) for chunk in torch.unique(order).tolist()]
+        return _masked_passes(model, input_ids, noisy_ids, prompt_len, mask_id, passes, attention_mask, score_mask)
     if coupled_mask is not None:
         if block_length != completion_len:
             raise ConfigError("per_token_logps: coupled_mask and block_length exclude each other")
@@ -317,8 +318,9 @@ def per_token_logps(
                 f"per_token_logps: coupled_mask {tuple(coupled_mask.shape)} must be [batch, completion length] = "
                 f"{(input_ids.shape[0], completion_len)}"
             )
-        return _coupled_logps(model, input_ids, noisy_ids, prompt_len, mask_id, coupled_mask.to(input_ids.device).bool(),
-                              attention_mask, score_mask)
+        split = coupled_mask.to(input_ids.device).bool()
+        passes = [(split, split), (~split, ~split)]
+        return _masked_passes(model, input_ids, noisy_ids, prompt_len, mask_id, passes, attention_mask, score_mask)
     pieces = []
     for start in range(prompt_len, input_ids.shape[1], block_length):
         block = slice(start - prompt_len, start - prompt_len + block_length)
@@ -335,36 +337,26 @@ def per_token_logps(
     return torch.cat(pieces, dim=1)
 
 
-def _coupled_logps(model: Any, input_ids: torch.Tensor, noisy_ids: torch.Tensor, prompt_len: int, mask_id: int,
-                   split: torch.Tensor, attention_mask: torch.Tensor | None,
+def _masked_passes(model: Any, input_ids: torch.Tensor, noisy_ids: torch.Tensor, prompt_len: int, mask_id: int,
+                   passes: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor | None,
                    score_mask: torch.Tensor | None) -> torch.Tensor:
-    """The two passes of the coupled estimator (see :func:`per_token_logps`): [B, T]."""
+    """Log-probs [B, T] from one forward pass per ``(hidden, scored)`` pair ([B, T] bool each).
+
+    Each pass shows the prompt as ``noisy_ids`` has it and the completion with the ``hidden``
+    tokens masked and the others shown; the ``scored`` tokens take their log-probs from it
+    (every token is scored by at most one pass; the others get 0). A pass whose scored tokens
+    are all outside ``score_mask`` is not computed. The coupled and replay estimators of
+    :func:`per_token_logps` are two choices of passes."""
     completion = input_ids[:, prompt_len:]
+    kept = None if score_mask is None else score_mask.to(completion.device).bool()
     logps = torch.zeros(completion.shape, device=input_ids.device)
-    for masked in (split, ~split):
-        if score_mask is not None and not bool((masked & score_mask.to(masked.device).bool()).any()):
+    for hidden, scored in passes:
+        if kept is not None and not bool((scored & kept).any()):
             continue
         visible = noisy_ids.clone()
-        visible[:, prompt_len:] = torch.where(masked, torch.full_like(completion, mask_id), completion)
+        visible[:, prompt_len:] = torch.where(hidden, torch.full_like(completion, mask_id), completion)
         output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
-        scored = token_log_probs(as_logits(output)[:, prompt_len:], completion)
-        logps = torch.where(masked, scored, logps)
-    return logps
-
-
-def _replay_logps(model: Any, input_ids: torch.Tensor, noisy_ids: torch.Tensor, prompt_len: int, mask_id: int,
-                  order: torch.Tensor, attention_mask: torch.Tensor | None,
-                  score_mask: torch.Tensor | None) -> torch.Tensor:
-    """The passes of the replay estimator (see :func:`per_token_logps`): [B, T]."""
-    completion = input_ids[:, prompt_len:]
-    scored_anywhere = order if score_mask is None else order[score_mask.to(order.device).bool()]
-    logps = torch.zeros(completion.shape, device=input_ids.device)
-    for chunk in torch.unique(scored_anywhere).tolist():
-        visible = noisy_ids.clone()
-        visible[:, prompt_len:] = torch.where(order < chunk, completion, torch.full_like(completion, mask_id))
-        output = model(visible) if attention_mask is None else model(visible, attention_mask=attention_mask)
-        scored = token_log_probs(as_logits(output)[:, prompt_len:], completion)
-        logps = torch.where(order == chunk, scored, logps)
+        logps = torch.where(scored, token_log_probs(as_logits(output)[:, prompt_len:], completion), logps)
     return logps
 
 
