@@ -62,7 +62,11 @@ def round_rewards(run: Path, num_iterations: int) -> list[float]:
     if curve is None:
         raise SystemExit(f"{run}: no dvclive/plots/metrics/reward/mean.tsv")
     by_step = dict(zip((int(s) for s in curve[0]), curve[1]))
-    firsts = sorted(s for s in by_step if (s - 1) % num_iterations == 0)
+    firsts = range(1, max(by_step, default=0) + 1, num_iterations)  # logged steps count from 1
+    missing = [s for s in firsts if s not in by_step]
+    if missing:
+        raise SystemExit(f"{run}: the reward curve has no value at step {missing[0]}, the start of a round "
+                         f"(logged with logging_steps > 1?)")
     return [by_step[s] for s in firsts]
 
 

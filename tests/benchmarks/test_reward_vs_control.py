@@ -94,6 +94,11 @@ def test_missing_pieces_are_named(script, tmp_path):
     (run / "dvclive" / "plots" / "metrics" / "reward" / "mean.tsv").unlink()
     with pytest.raises(SystemExit, match="reward/mean.tsv"):
         script.compare(run, run, window=2)
+    sparse = make_run(tmp_path / "sparse", [0.5] * 6)  # steps 1..6, then step 3 (a round start) dropped
+    tsv = sparse / "dvclive" / "plots" / "metrics" / "reward" / "mean.tsv"
+    tsv.write_text("".join(line for line in tsv.read_text().splitlines(keepends=True) if not line.startswith("3\t")))
+    with pytest.raises(SystemExit, match="no value at step 3, the start of a round"):
+        script.compare(sparse, sparse, window=2)
     one_round = make_run(tmp_path / "one", [0.5, 0.5])
     with pytest.raises(SystemExit, match="at least 2 rounds"):
         script.compare(one_round, one_round, window=2)
