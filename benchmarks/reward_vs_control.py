@@ -1,7 +1,7 @@
 """Does a GRPO run raise the reward of the prompts it samples? Paired, round by round, against a control run.
 
-A GRPO run's training reward per round is noisy (each round draws new prompts of varying
-difficulty), so a trend in it says little: prompts can get harder along the run's data order.
+A GRPO run's training reward per round is noisy (each round draws new prompts, some easier, some
+harder), so a trend in it says little: a stretch of rounds can draw harder prompts by chance.
 The control is a second run with the same seed and settings but a learning rate of about zero
 (``--set grpo.lr=1e-12``): it samples the same prompts in the same rounds with the same rollout
 generator, from a model that does not move. The difference per round isolates what the update
@@ -94,8 +94,8 @@ def compare(run: Path, control: Path, window: int, from_round: int = 1) -> dict:
         windows.append({"rounds": [start + 1, start + len(a)], "run": sum(a) / len(a), "control": sum(b) / len(b)})
     # rounds before from_round are left out of the mean: the update needs rounds to act
     gain = paired_gain(rewards_ctl[from_round - 1:], rewards_run[from_round - 1:], seed=0)
-    return {"rounds": n, "from_round": from_round, "lr": [cfg_run.get("lr"), cfg_ctl.get("lr")], "windows": windows, "gain": gain,
-            "prompts_checked": None not in digests}
+    return {"rounds": n, "from_round": from_round, "lr": [cfg_run.get("lr"), cfg_ctl.get("lr")],
+            "windows": windows, "gain": gain, "prompts_checked": None not in digests}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{w['run'] - w['control']:+.3f} |")
     g = result["gain"]
     lo, hi = g["normal_ci"]
-    print(f"\nrun - control, mean over rounds {result['from_round']}-{result['rounds']}: {g['gain']:+.3f} [95% CI {lo:+.3f}, {hi:+.3f}] "
-          f"(higher in {g['improved']} rounds, lower in {g['worsened']})")
+    print(f"\nrun - control, mean over rounds {result['from_round']}-{result['rounds']}: {g['gain']:+.3f} "
+          f"[95% CI {lo:+.3f}, {hi:+.3f}] (higher in {g['improved']} rounds, lower in {g['worsened']})")
     return result
 
 
