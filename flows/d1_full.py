@@ -1,14 +1,14 @@
 """The ``d1-full`` flow: the DVC pipeline of a profile, stage by stage, on the right work pools.
 
 Entry point of the ``d1-full/<profile>`` deployments (prefect.yaml); runs in
-the checkout the deployment's pull step moves to. See d1.orchestration.pipeline.
+the checkout the deployment's pull step moves to. See flows.pipeline.
 """
 
 from __future__ import annotations
 
 from prefect import flow
 
-from d1.orchestration.pipeline import run_pipeline
+from flows.pipeline import run_pipeline
 
 
 @flow(name="d1-full", log_prints=True)

@@ -1,14 +1,14 @@
 """The ``d1-stage`` flow: one DVC stage in this checkout, for a ``d1-full`` run on another pool.
 
 Entry point of the ``d1-stage/<pool>`` deployments (prefect.yaml); the data
-travels through the DVC remote. See d1.orchestration.stages.
+travels through the DVC remote. See flows.stages.
 """
 
 from __future__ import annotations
 
 from prefect import flow
 
-from d1.orchestration.stages import stage_flow_body
+from flows.stages import stage_flow_body
 
 
 @flow(name="d1-stage", log_prints=True)

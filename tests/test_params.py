@@ -18,7 +18,7 @@ SECTIONS = {name: ref for name, (ref, *_rest) in STAGES.items() if name != "pret
 
 def _flow_config():
     try:
-        from d1.flow_config import FlowConfig  # helper B's, may not exist yet
+        from flows.config import FlowConfig  # helper B's, may not exist yet
     except ImportError:
         return None
     return FlowConfig

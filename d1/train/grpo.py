@@ -84,9 +84,9 @@ from d1.train.common import (
     reduce_mean,
     reduce_sum,
 )
-from d1.train.run import TrainingRun
+from d1.train.run import TrainingRun, save_final
 from d1.train.configs import GRPOConfig
-from d1.train.sft import prompt_text, save_final
+from d1.tasks.chat import prompt_text
 
 REASONING_PREFIX = "<reasoning>"
 FIXED_MASK_SEED = 42  # d1's seed for every iteration when random_masking is off

@@ -1,4 +1,4 @@
-"""Metrics of a training run: dvclive logging, truncated on resume so a resumed run has no duplicate steps."""
+"""Metrics of a training run in the DVC metrics/plots layout, truncated on resume so a resumed run has no duplicate steps."""
 
 from __future__ import annotations
 
@@ -9,59 +9,76 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from d1.config import write_json_atomic
+
 
 # ----------------------------------------------------------------------------- metrics
 
 
 class MetricsLogger:
-    """dvclive metrics of the main process (no-op elsewhere).
+    """Training metrics of the main process (no-op elsewhere), in the layout ``dvc metrics`` / ``dvc plots`` read.
 
-    Written to ``cfg.dvclive_dir``: ``metrics.json`` (the last values, for
-    ``dvc exp show`` / ``dvc metrics``) and ``plots/metrics/**.tsv`` (one row per
-    logged step, for ``dvc plots``). dvclive is told not to touch ``dvc.yaml``
-    nor to make experiments: the stage graph declares these files. On resume
+    Written to ``cfg.dvclive_dir`` (the files dvclive would write, without
+    depending on it): ``metrics.json`` (the last value of every metric, nested
+    by ``/``, plus ``"step"``) and ``plots/metrics/<name>.tsv`` (columns
+    ``step`` and the metric's last name component, one row per logged step).
+    The stage graph declares these files; nothing else is written. On resume
     from step N, rows after N (logged by the interrupted run after its last
     checkpoint) are dropped first so every step appears once.
     """
 
     def __init__(self, cfg: Any, accelerator: Any, *, resume_step: int | None):
         self.enabled = accelerator.is_main_process
-        self.live = None
         self.last: dict[str, float] = {}
+        self.summary: dict[str, Any] = {}
+        self.directory = Path(cfg.dvclive_dir)
         if not self.enabled:
             return
-        from dvclive import Live
-
-        directory = Path(cfg.dvclive_dir)
         if resume_step is None:
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
         else:
-            _truncate_tsv_after(directory / "plots" / "metrics", resume_step)
-            summary = directory / "metrics.json"
+            _truncate_tsv_after(self.directory / "plots" / "metrics", resume_step)
+            summary = self.directory / "metrics.json"
             if summary.is_file():  # a resumed run that has nothing left to do still reports its metrics
-                self.last = _flatten(json.loads(summary.read_text(encoding="utf-8")))
+                self.summary = json.loads(summary.read_text(encoding="utf-8"))
+                self.last = _flatten(self.summary)
                 self.last.pop("step", None)
-        self.live = Live(dir=str(directory), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=None,
-                         report=None)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled or self.live is None:
+        if not self.enabled:
             return
-        self.live.step = step
         for name, value in metrics.items():
             if value is not None and math.isfinite(float(value)):
-                self.live.log_metric(name, float(value))
-        self.live.make_summary()
+                self._append(name, step, float(value))
+                _set_nested(self.summary, name, float(value))
+        self.summary["step"] = step
+        write_json_atomic(self.directory / "metrics.json", self.summary)
         self.last = dict(metrics)
 
     def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
-            self.live = None
+        """Nothing is buffered: every :meth:`log` has written its rows and the summary."""
+
+    def _append(self, name: str, step: int, value: float) -> None:
+        path = self.directory / "plots" / "metrics" / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            if new:
+                writer.writerow(["step", name.rsplit("/", 1)[-1]])
+            writer.writerow([step, value])
+
+
+def _set_nested(tree: dict, name: str, value: float) -> None:
+    """``"train/loss"`` -> ``tree["train"]["loss"] = value``."""
+    *parents, leaf = name.split("/")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """dvclive's nested summary ({"train": {"loss": 1.0}}) -> {"train/loss": 1.0}."""
+    """The nested summary ({"train": {"loss": 1.0}}) -> {"train/loss": 1.0}."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import shutil
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from d1.train.checkpoints import Checkpointer, checkpoint_root
 from d1.train.common import (
+    MODEL_DIR,
     StepCallback,
     build_accelerator,
     build_optimizer,
     build_scheduler,
     derive_seed,
+    is_peft,
+    resolve_model_dtype,
+    save_model_dir,
     scoped_rng,
     trainable_parameters,
     write_run_config,
@@ -124,3 +131,36 @@ class TrainingRun:
         if self.logger:
             self.logger.close()
         return last
+
+
+def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool) -> Path:
+    """Write the trained model to ``<out_dir>/model`` (merged into its base when ``merge`` and LoRA)."""
+    out = Path(run.cfg.out_dir)
+    acc = run.accelerator
+    model = run.unwrapped
+    lora = is_peft(model)
+    target = out / MODEL_DIR
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if lora and merge:
+            adapter_dir = save_model_dir(model, tokenizer, out / "adapter")
+            # Free the training copy first: merging reloads the base (8B on GPU).
+            run.model = run.optimizer = None
+            del model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            from d1.models.lora import merge_adapter
+
+            shutil.rmtree(target, ignore_errors=True)
+            cfg = run.cfg
+            merge_adapter(base_path, str(adapter_dir), str(target),
+                          dtype=resolve_model_dtype(cfg.model_dtype, run.device),
+                          trust_remote_code=cfg.trust_remote_code)
+            if tokenizer is not None and not (target / "tokenizer_config.json").exists():
+                tokenizer.save_pretrained(str(target))
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            save_model_dir(model, tokenizer, target)
+    acc.wait_for_everyone()
+    return target

@@ -1,5 +1,5 @@
 """``python -m infra.local COMMAND``: the local Prefect stack of this checkout (thin CLI over
-d1.orchestration.stack; run it from the checkout root)."""
+infra.local.stack; run it from the checkout root)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from d1.errors import D1Error
-from d1.orchestration.oneshot import run_and_report
-from d1.orchestration.stack import LocalStack
+from infra.local.oneshot import run_and_report
+from infra.local.stack import LocalStack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from d1.orchestration.params import apply_flow_params
+from flows.params import apply_flow_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,13 +1,13 @@
-"""DVC operations on one stage (d1/orchestration/dvc_ops.py) on toy projects."""
+"""DVC operations on one stage (flows/dvc_ops.py) on toy projects."""
 
 from __future__ import annotations
 
 import pytest
 
 from d1.errors import ConfigError
-from d1.orchestration import dvc_ops
-from d1.orchestration.dvc_ops import StageFailed, failure_detail
-from d1.orchestration.params import write_overrides
+from flows import dvc_ops
+from flows.dvc_ops import StageFailed, failure_detail
+from flows.params import write_overrides
 from tests.flows.toy_project import clone, runs
 
 

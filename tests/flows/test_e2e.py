@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from d1.orchestration import dvc_ops
-from d1.orchestration.stack import LocalStack
+from flows import dvc_ops
+from infra.local.stack import LocalStack
 from tests.flows.toy_project import clone, copy_toy, runs
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""FlowConfig (d1/flow_config.py): validation and the stage -> work pool mapping."""
+"""FlowConfig (flows/config.py): validation and the stage -> work pool mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from d1.config import from_dict
 from d1.errors import ConfigError
-from d1.flow_config import FlowConfig
+from flows.config import FlowConfig
 
 
 def test_defaults_put_every_stage_on_the_default_pool():

@@ -1,12 +1,12 @@
-"""Reading the resolved DVC stage graph (d1/orchestration/graph.py) of a toy project."""
+"""Reading the resolved DVC stage graph (flows/graph.py) of a toy project."""
 
 from __future__ import annotations
 
 import pytest
 
 from d1.errors import ConfigError
-from d1.orchestration.graph import downstream_closure, read_stages, upstream_closure
-from d1.orchestration.params import apply_flow_params
+from flows.graph import downstream_closure, read_stages, upstream_closure
+from flows.params import apply_flow_params
 
 
 def test_stages_come_resolved_and_in_dependency_order(toy):

@@ -1,4 +1,4 @@
-"""The real micro profile through the README's one-shot (d1.orchestration.stack.run_and_report):
+"""The real micro profile through the README's one-shot (infra.local.stack.run_and_report):
 local Prefect server, deployments from prefect.yaml, ``prefect deployment run d1-full/micro``, a
 ``--run-once`` process worker, the run COMPLETED with its metrics, artifacts and provenance."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from d1.orchestration.oneshot import run_and_report
+from infra.local.oneshot import run_and_report
 from tests.checkout import working_tree_copy
-from d1.orchestration.stack import LocalStack
+from infra.local.stack import LocalStack
 
 pytestmark = pytest.mark.slow
 

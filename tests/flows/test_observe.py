@@ -1,15 +1,15 @@
-"""Assets and artifacts content (d1/orchestration/observe.py), computed without Prefect."""
+"""Assets and artifacts content (flows/observe.py), computed without Prefect."""
 
 from __future__ import annotations
 
 import pytest
 
-from d1.orchestration import dvc_ops
-from d1.orchestration.graph import by_name, read_stages
-from d1.orchestration.observe import (
+from flows import dvc_ops
+from flows.graph import by_name, read_stages
+from flows.observe import (
     asset_key, eval_rows, find_results_markdown, outputs_markdown, stage_assets,
 )
-from d1.orchestration.stages import run_here
+from flows.stages import run_here
 from tests.flows.toy_project import copy_toy
 
 

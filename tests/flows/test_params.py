@@ -1,4 +1,4 @@
-"""The flow's parameters written into params.yaml (d1/orchestration/params.py)."""
+"""The flow's parameters written into params.yaml (flows/params.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from d1.errors import ConfigError
-from d1.orchestration.params import apply_flow_params, write_overrides
+from flows.params import apply_flow_params, write_overrides
 
 
 def _params(toy):

@@ -1,4 +1,4 @@
-"""Running one stage in a checkout (d1/orchestration/stages.py), without Prefect."""
+"""Running one stage in a checkout (flows/stages.py), without Prefect."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import pytest
 
 from d1.errors import ConfigError
-from d1.orchestration import dvc_ops
-from d1.orchestration.dvc_ops import StageFailed
-from d1.orchestration.graph import read_stages
-from d1.orchestration.stages import (
+from flows import dvc_ops
+from flows.dvc_ops import StageFailed
+from flows.graph import read_stages
+from flows.stages import (
     RAN, UP_TO_DATE, only_missing_outputs, parse_lock_markdown, retry_condition, run_here, summarize,
     _lock_markdown,
 )

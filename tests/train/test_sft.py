@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from d1.algo.masking import count_response_tokens, forward_mask, masked_sft_loss, sample_mask_ratio, sft_collate
 from d1.models.loading import load_model, load_tokenizer, token_ids
+import d1.train.masked_diffusion as loop_module
 import d1.train.sft as sft_module
 from d1.errors import ConfigError
 from d1.train.common import make_generator, positions_for_step
@@ -219,13 +220,13 @@ def test_pad_to_longest_keeps_accumulation_exact_and_shortens_rows(tiny_base, ti
     longest = max(len(rows.prompts[i]) + len(rows.responses[i]) for i in chosen)
     assert longest < 2 * MAX_LEN
     seen = []
-    real_collate = sft_module.sft_collate
+    real_collate = loop_module.sft_collate
 
     def spy(prompts, responses, *, eos_id, max_length):
         seen.append(max_length)
         return real_collate(prompts, responses, eos_id=eos_id, max_length=max_length)
 
-    monkeypatch.setattr(sft_module, "sft_collate", spy)
+    monkeypatch.setattr(loop_module, "sft_collate", spy)
     run_sft(sft_config(tiny_base, tiny_data, tmp_path / "c", batch_size=4, grad_accum=1, max_steps=1,
                        full_finetune=True, pad_to="longest", max_length=2 * MAX_LEN))
     assert seen == [longest]

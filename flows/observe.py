@@ -22,8 +22,8 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
-from d1.orchestration.dvc_ops import dep_hashes, out_hashes
-from d1.orchestration.graph import StageInfo
+from flows.dvc_ops import dep_hashes, out_hashes
+from flows.graph import StageInfo
 
 ASSET_SCHEME = "dvc"
 METRICS_KEY = "d1-eval-metrics"

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from d1.orchestration.stack import LocalStack, StackError
+from infra.local.stack import LocalStack, StackError
 
 
 def _profile_pools(root: Path, profile: str) -> set[str]:
-    from d1.orchestration.pipeline import load_flow_config
+    from flows.pipeline import load_flow_config
 
     cfg = load_flow_config(root, profile)
     return {cfg.default_pool, *cfg.pools.values()}
@@ -43,8 +43,8 @@ def _flatten(prefix: str, value, out: dict) -> None:
 def eval_metrics_table(stack: LocalStack) -> str:
     """``dvc metrics show --json`` of the eval stages' metrics files, one ``file | metric | value`` row
     each (the wide default table has a column per task x length x field)."""
-    from d1.orchestration.graph import read_stages
-    from d1.orchestration.observe import eval_rows
+    from flows.graph import read_stages
+    from flows.observe import eval_rows
 
     files = sorted({r["file"] for r in eval_rows(stack.root, read_stages(stack.root))})
     if not files:
@@ -75,8 +75,8 @@ def run_and_report(
     ``--run-once`` worker on the deployment's pool, then prints the final state, the report's
     results table, the UI URL, ``dvc metrics show`` and the ``d1 lineage`` hint.
     """
-    from d1.orchestration.graph import read_stages
-    from d1.orchestration.observe import find_results_markdown
+    from flows.graph import read_stages
+    from flows.observe import find_results_markdown
 
     stack = stack or LocalStack(Path(root))
     deployment = f"d1-full/{profile}"

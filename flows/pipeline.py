@@ -1,20 +1,20 @@
 """The ``d1-full`` flow: every stage of dvc.yaml, in dependency order, each as a Prefect task.
 
-1. The flow's parameters go into params.yaml (d1.orchestration.params): the
+1. The flow's parameters go into params.yaml (flows.params): the
    profile, the task subset, ``dvc exp run -S``-style overrides.
-2. DVC resolves the stages and their dependencies (d1.orchestration.graph);
-   the profile's ``flow`` section (d1.flow_config.FlowConfig) maps them to
+2. DVC resolves the stages and their dependencies (flows.graph);
+   the profile's ``flow`` section (flows.config.FlowConfig) maps them to
    work pools.
 3. Each stage is a task (named after the stage) with retries: run in this
    process when its pool is the flow's own, dispatched to ``d1-stage/<pool>``
-   otherwise (d1.orchestration.stages). DVC decides what is up to date.
+   otherwise (flows.stages). DVC decides what is up to date.
    Stages run one at a time: DVC locks a checkout while it reproduces a stage.
 4. A failed stage fails its task with the stage's error; the stages
    downstream of it are not run (logged as such), the others still are, and
    the flow run fails naming the failed stages. Outputs of completed stages
    stay in place (and in dvc.lock), so a rerun continues from there.
 5. Stages that ran materialize their outputs as assets; the run publishes
-   its artifacts (d1.orchestration.observe).
+   its artifacts (flows.observe).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Sequence
 
 from d1.config import load_config, read_params
 from d1.errors import D1Error
-from d1.flow_config import FlowConfig
-from d1.orchestration import dvc_ops
-from d1.orchestration.graph import StageInfo, by_name, read_stages, upstream_closure
-from d1.orchestration.params import PARAMS_FILE, apply_flow_params
-from d1.orchestration.stages import RAN, local_stage, remote_stage, retry_condition
+from flows.config import FlowConfig
+from flows import dvc_ops
+from flows.graph import StageInfo, by_name, read_stages, upstream_closure
+from flows.params import PARAMS_FILE, apply_flow_params
+from flows.stages import RAN, local_stage, remote_stage, retry_condition
 
 NOT_RUN = "not run (upstream failed)"
 
@@ -81,7 +81,7 @@ def run_pipeline(profile: str = "tiny", tasks: Sequence[str] | None = None, over
     from prefect.cache_policies import NO_CACHE
     from prefect.runtime import flow_run
 
-    from d1.orchestration.observe import emit_stage_assets, publish_artifacts
+    from flows.observe import emit_stage_assets, publish_artifacts
 
     logger = get_run_logger()
     root = Path(root).resolve()

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from d1.errors import ConfigError, D1Error
-from d1.orchestration import dvc_ops
-from d1.orchestration.dvc_ops import StageFailed
+from flows import dvc_ops
+from flows.dvc_ops import StageFailed
 from d1.provenance import ENV_FLOW_RUN, ENV_STAGE, ENV_TASK_RUN
 
 STAGE_FLOW = "d1-stage"
@@ -184,8 +184,8 @@ def stage_flow_body(stage: str, overrides: list[str], lock: dict, flow_run_id: s
     from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact
 
-    from d1.orchestration.graph import by_name, read_stages
-    from d1.orchestration.params import write_overrides
+    from flows.graph import by_name, read_stages
+    from flows.params import write_overrides
 
     logger = get_run_logger()
     root = Path(root).resolve()

@@ -65,7 +65,7 @@ def read_stages(root: str | Path = ".") -> list[StageInfo]:
     import networkx as nx
     from dvc.exceptions import DvcException
 
-    from d1.orchestration.dvc_ops import open_repo
+    from flows.dvc_ops import open_repo
 
     root = Path(root).resolve()
     if not (root / "dvc.yaml").is_file():

@@ -8,7 +8,7 @@ pid (each was started in its own process group, and is checked to be the same
 process before it is signalled). Analytics are off.
 
 The one-shot of the README's main command (run a deployment through this
-stack and report) is d1.orchestration.oneshot.
+stack and report) is infra.local.oneshot.
 """
 
 from __future__ import annotations
