@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from d1.config import write_json_atomic, write_resolved
 from d1.errors import ConfigError
 from d1.generation import generate, left_pad
+from d1.models.chat import prompt_text
 from d1.prepare import read_split
+from d1.progress import progress
 from d1.tasks import available_tasks, get_task
 from d1.tasks.base import Example, Task
 
@@ -136,8 +137,7 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 def build_prompt(task: Task, example: Example, tokenizer, *, add_reasoning: bool, for_eval: bool = True) -> str:
     """The eval prompt: the task's eval user turn (``for_eval=False``: its training
     user turn) in the chat template, ``<reasoning>`` prefilled when ``add_reasoning``."""
-    text = tokenizer.apply_chat_template(task.messages(example, for_eval=for_eval), add_generation_prompt=True,
-                                         tokenize=False)
+    text = prompt_text(tokenizer, task, example, for_eval=for_eval)
     return text + "<reasoning>" if add_reasoning else text
 
 
@@ -171,7 +171,7 @@ def generate_completions(
     # Batch prompts of similar length together (less padding), keep the caller's order in the output.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[str | None] = [None] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+    for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         idx = order[start : start + batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], pad_id)
         ids, mask = ids.to(device), mask.to(device)

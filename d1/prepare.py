@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tqdm.auto import tqdm
 
 from d1.config import write_json_atomic, write_resolved
 from d1.data.io import read_records, sha256_file, write_jsonl
 from d1.errors import ConfigError, DataError
+from d1.progress import progress
 from d1.tasks import available_tasks, get_task
 from d1.tasks.base import Example, Task
 
@@ -141,7 +141,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     written atomically and the manifest last.
     """
     out = Path(cfg.out_dir)
-    built = {name: _build_splits(cfg, name) for name in tqdm(sorted(cfg.tasks), desc="prepare", unit="task")}
+    built = {name: _build_splits(cfg, name) for name in progress(sorted(cfg.tasks), desc="prepare", unit="task")}
     manifest: dict[str, Any] = {"seed": cfg.seed, "tasks": {}}
     for name, splits in built.items():
         entry: dict[str, Any] = {}

@@ -9,6 +9,7 @@ by line and its environment set (the ``D1_*`` provenance variables).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -74,10 +75,12 @@ def status(root: str | Path, stage: str) -> dict:
     return {k: v for k, v in changes.items() if v}
 
 
-def pull(root: str | Path, stages: Iterable[str]) -> dict:
+def pull(root: str | Path, stages: Iterable[str], *, log: Callable[[str], None] | None = None) -> dict:
     """Fetch and check out the outputs of ``stages`` recorded in dvc.lock from the default remote.
 
-    Outputs missing from the remote are skipped (those stages will simply not be up to date).
+    Outputs missing from the remote are skipped (those stages will simply not be up to date). DVC
+    warns about them ("Missing cache files"), which on a first run is no problem at all: the
+    warning is replaced by one ``log`` line counting them.
     """
     from dvc.exceptions import DvcException
 
@@ -85,10 +88,44 @@ def pull(root: str | Path, stages: Iterable[str]) -> dict:
     if not targets:
         return {}
     try:
-        with open_repo(root) as repo:
-            return repo.pull(targets=targets, allow_missing=True)
+        with _missing_cache_files() as missing, open_repo(root) as repo:
+            result = repo.pull(targets=targets, allow_missing=True)
     except DvcException as exc:
         raise ConfigError(f"dvc pull {' '.join(targets)}: {_dvc_error(exc)}") from None
+    if missing and log is not None:
+        log(f"dvc pull: {len(missing)} output(s) of {', '.join(targets)} in neither the cache nor the remote "
+            "(not produced yet; the stages that make them will run)")
+    return result
+
+
+class _MissingCacheFilter(logging.Filter):
+    """Drops DVC's "Missing cache files" warning, keeping the hashes it lists."""
+
+    PREFIX = "Some of the cache files do not exist"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.missing: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.PREFIX):
+            return True
+        self.missing.extend(line.split(":", 1)[1].strip() for line in message.splitlines()
+                            if line.startswith("md5:"))
+        return False
+
+
+@contextmanager
+def _missing_cache_files():
+    """The hashes DVC reports missing while the block runs (its warning suppressed)."""
+    fetch_logger = logging.getLogger("dvc_data.index.fetch")
+    dropper = _MissingCacheFilter()
+    fetch_logger.addFilter(dropper)
+    try:
+        yield dropper.missing
+    finally:
+        fetch_logger.removeFilter(dropper)
 
 
 def push(root: str | Path, stages: Iterable[str]) -> int:

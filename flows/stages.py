@@ -71,7 +71,7 @@ def run_here(
     if pull:
         targets = [*upstream, stage]
         log(f"dvc pull {' '.join(targets)}")
-        dvc_ops.pull(root, targets)
+        dvc_ops.pull(root, targets, log=log)
     changes = dvc_ops.status(root, stage)
     if not changes:
         log(f"{stage}: up to date (dvc status), skipped")

@@ -1,37 +1,42 @@
-"""Pure tensor math of d1: masked-SFT forward process and loss, diffu-GRPO estimator and loss."""
+"""Pure tensor math of d1: masked-SFT forward process and loss, diffu-GRPO estimator and loss.
 
-from d1.algo.grpo import (
-    completion_mask,
-    coupled_completion_mask,
-    diffu_grpo_loss,
-    draw_mask_seeds,
-    group_advantages,
-    mask_generator,
-    mask_prompt_for_logp,
-    per_token_logps,
-    token_log_probs,
-)
-from d1.algo.masking import (
-    count_response_tokens,
-    forward_mask,
-    masked_sft_loss,
-    sample_mask_ratio,
-    sft_collate,
-)
+``from d1.algo import diffu_grpo_loss`` works for every public name; the
+submodules load on first use, so a stage that only trains with the masked
+objective (pre-training, SFT) never loads :mod:`d1.algo.grpo` (its DVC
+dependencies say so too).
+"""
 
-__all__ = [
-    "completion_mask",
-    "coupled_completion_mask",
-    "count_response_tokens",
-    "diffu_grpo_loss",
-    "draw_mask_seeds",
-    "forward_mask",
-    "group_advantages",
-    "mask_generator",
-    "mask_prompt_for_logp",
-    "masked_sft_loss",
-    "per_token_logps",
-    "sample_mask_ratio",
-    "sft_collate",
-    "token_log_probs",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "d1.algo.grpo": (
+        "completion_mask",
+        "coupled_completion_mask",
+        "diffu_grpo_loss",
+        "draw_mask_seeds",
+        "group_advantages",
+        "mask_generator",
+        "mask_prompt_for_logp",
+        "per_token_logps",
+        "token_log_probs",
+    ),
+    "d1.algo.masking": (
+        "count_response_tokens",
+        "forward_mask",
+        "masked_sft_loss",
+        "sample_mask_ratio",
+        "sft_collate",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'd1.algo' has no attribute {name!r}")
+    return getattr(import_module(_MODULE_OF[name]), name)

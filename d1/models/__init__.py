@@ -10,8 +10,10 @@
 * :mod:`d1.models.lora`: LoRA through peft with checked target modules;
   ``merge_adapter``.
 * :mod:`d1.models.dream`: the shifted-logits adapter (Dream-7B).
+* :mod:`d1.models.chat`: a task example in the tokenizer's chat template (``prompt_text``, ``sft_texts``).
 """
 
+from d1.models.chat import prompt_text, sft_texts
 from d1.models.dream import ShiftedLogitsModel
 from d1.models.llada import (
     LLaDAConfig,
@@ -25,6 +27,8 @@ from d1.models.lora import LLADA_LORA_TARGETS, apply_lora, linear_module_names, 
 from d1.models.tokenizer import build_tokenizer, task_corpus, train_tokenizer
 
 __all__ = [
+    "prompt_text",
+    "sft_texts",
     "LLADA_LORA_TARGETS",
     "LLaDAConfig",
     "LLaDAModelLM",

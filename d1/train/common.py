@@ -278,10 +278,10 @@ def _tied_parameter_names(model: torch.nn.Module) -> list[tuple[str, str]]:
 
 
 def progress_bar(accelerator: Any, *, total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
+    """The main process's progress over optimiser steps (:func:`d1.progress.progress`: tqdm in a terminal)."""
+    from d1.progress import progress
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not accelerator.is_main_process,
-                dynamic_ncols=True)
+    return progress(total=total, initial=initial, desc=desc, unit="step", disable=not accelerator.is_main_process)
 
 
 def reduce_sum(accelerator: Any, value: float | int, device: torch.device) -> float:

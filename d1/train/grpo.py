@@ -86,7 +86,7 @@ from d1.train.common import (
 )
 from d1.train.run import TrainingRun, save_final
 from d1.train.configs import GRPOConfig
-from d1.tasks.chat import prompt_text
+from d1.models.chat import prompt_text
 
 REASONING_PREFIX = "<reasoning>"
 FIXED_MASK_SEED = 42  # d1's seed for every iteration when random_masking is off

@@ -5,7 +5,7 @@ a worked ``solution``). An example becomes
 
 * prompt = ``apply_chat_template(task.messages(ex), add_generation_prompt=True)``
   (the user turn and the assistant header: the exact prompt GRPO rollouts and
-  evaluation condition on, :func:`d1.tasks.chat.prompt_text`; d1's SFT script
+  evaluation condition on, :func:`d1.models.chat.prompt_text`; d1's SFT script
   used the template without the assistant header plus a newline as its prompt
   boundary);
 * response = what the template puts after that prompt for the assistant turn
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from d1.errors import ConfigError, DataError
-from d1.tasks.chat import sft_texts
+from d1.models.chat import sft_texts
 from d1.train.common import (
     StepCallback,
     count_parameters,

@@ -83,3 +83,21 @@ def test_push_without_a_remote_says_what_to_do(toy):
     dvc_ops.repro(toy, "prepare")
     with pytest.raises(ConfigError, match="push=False"):
         dvc_ops.push(toy, ["prepare"])
+
+
+def test_pulling_outputs_not_in_the_remote_is_one_info_line_not_a_warning(toy, tmp_path, caplog):
+    dvc_ops.repro(toy, "prepare")  # in dvc.lock and the local cache, never pushed
+    other = clone(toy, tmp_path / "other")
+    dvc_ops.merge_lock(other, {"prepare": dvc_ops.read_lock(toy)["prepare"]})
+    said = []
+    with caplog.at_level("INFO"):
+        dvc_ops.pull(other, ["prepare"], log=said.append)
+    assert not [r for r in caplog.records if "cache files" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("dvc pull: ") and "in neither the cache nor the remote" in said[0]
+    count = int(said[0].split()[2])
+    assert count >= 1
+    # Without the filter DVC does warn about them (what the line replaces): the check above can fail.
+    caplog.clear()
+    with caplog.at_level("INFO"), dvc_ops.open_repo(other) as repo:
+        repo.pull(targets=["prepare"], allow_missing=True)
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "Missing cache files" in r.getMessage()]

@@ -37,6 +37,20 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def changed_stages(root: Path, env: dict, module: str) -> set[str]:
+    """The stages ``dvc status`` marks after a comment is appended to ``module`` (restored afterwards)."""
+    path = root / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# edited\n")
+        done = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        path.write_bytes(original)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stdout))
+
+
 @pytest.fixture
 def project(repo_root, tmp_path):
     """The working tree's tracked and new (not ignored) files, micro profile on one task, committed."""
@@ -80,6 +94,19 @@ def test_dvc_pipeline_micro(project):
     out, wall = run(["dvc", "repro"], root, env)
     print(f"second dvc repro: {wall:.2f} s")
     assert ran_stages(out) == set() and "up to date" in out
+    status, _ = run(["dvc", "status"], root, env)
+    assert "up to date" in status
+
+    # An edited module marks the stages that run it, nothing upstream: the GRPO trainer -> grpo only
+    # (its descendants follow once its outputs change), the SFT module -> sft only.
+    grpo_stages = {f"grpo@{TASK}"}
+    descendants = {f"eval@d1-{TASK}-{LENGTH}", "report"}
+    assert changed_stages(root, env, "d1/train/grpo.py") & grpo_stages == grpo_stages
+    assert changed_stages(root, env, "d1/train/grpo.py") <= grpo_stages | descendants
+    assert changed_stages(root, env, "d1/algo/grpo.py") == grpo_stages
+    assert changed_stages(root, env, "d1/train/sft.py") == {"sft"}
+    assert changed_stages(root, env, "d1/generation/sampler.py") == grpo_stages | {
+        f"eval@{m}-{TASK}-{LENGTH}" for m in ("base", "sft", "d1")}
     status, _ = run(["dvc", "status"], root, env)
     assert "up to date" in status
 

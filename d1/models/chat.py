@@ -1,7 +1,7 @@
-"""Chat-templated texts of a task example: the prompt a model conditions on, and an SFT (prompt, response) pair.
+"""A task example in the tokenizer's chat template: the prompt a model conditions on, and an SFT (prompt, response) pair.
 
-One definition shared by SFT, diffu-GRPO rollouts and the research scripts, so
-all of them condition on exactly the same prompt.
+One definition shared by SFT, diffu-GRPO rollouts and evaluation, so all of
+them condition on exactly the same prompt.
 """
 
 from __future__ import annotations
