@@ -136,8 +136,10 @@ def _load(ref: str):
 def _cmd_stage(args: argparse.Namespace) -> int:
     """Load the stage's section, run it, write its provenance record (OUT_DIR/provenance.json or --provenance)."""
     from d1.config import default_section, load_config, read_params
+    from d1.progress import quiet_library_bars
     from d1.provenance import PROVENANCE_FILE, is_main_process, make_record, utc_now, write_provenance
 
+    quiet_library_bars()  # in a log, only our own progress lines (d1.progress)
     config_ref, runner_ref, _, _ = STAGES[args.command]
     cls = _load(config_ref)
     section = args.section or default_section(read_params(args.params), cls.SECTION)

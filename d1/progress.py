@@ -10,6 +10,7 @@ apart, and once at the end.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,21 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, init
                     dynamic_ncols=True, file=stream)
     return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=disable,
                         stream=stream)
+
+
+def quiet_library_bars(stream: TextIO | None = None) -> bool:
+    """In a log (``stream``, default stderr, not a terminal) turn off the Hugging Face libraries' own bars.
+
+    transformers, datasets and huggingface_hub draw bars for saving, loading and
+    mapping ("Writing model shards"), each a few log lines per call. Sets
+    ``HF_HUB_DISABLE_PROGRESS_BARS=1`` unless the user set it; call before those
+    libraries are imported. Returns whether it did.
+    """
+    stream = sys.stderr if stream is None else stream
+    if _is_terminal(stream) or "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        return False
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    return True
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 
-from d1.progress import LineProgress, progress
+from d1.progress import LineProgress, progress, quiet_library_bars
 
 
 class Clock:
@@ -86,3 +87,15 @@ def test_disabled_writes_nothing_and_a_terminal_gets_tqdm():
 
     assert isinstance(progress(total=3, stream=Terminal()), tqdm)
     assert isinstance(progress(total=3, stream=io.StringIO()), LineProgress)
+
+
+def test_library_bars_are_turned_off_in_a_log_only(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert quiet_library_bars(Terminal()) is False and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    assert quiet_library_bars(io.StringIO()) is True and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # the user's choice stands
+    assert quiet_library_bars(io.StringIO()) is False and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
