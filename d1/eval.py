@@ -73,7 +73,7 @@ class EvalConfig:
     # true: a completion ends at the first EOS or end-of-turn token (<|eot_id|>), as GRPO's rewards
     # read rollouts; false (d1): at the first EOS only, so text a model writes after ending its turn
     # is scored too (LLaDA-8B-Instruct pads with EOS after <|eot_id|>; a tiny model trained with
-    # sft.pad_to: longest may not; benchmarks/README.md, Session 9)
+    # sft.pad_to: longest may not; docs/results.md)
     stop_at_end_of_turn: bool = False
     limit: dict[str, int] = field(default_factory=dict)  # first N test items per task
     seed: int = 42

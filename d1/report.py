@@ -159,9 +159,9 @@ def _pair_check(before: Cell, after: Cell) -> None:
 
 
 # The gains' intervals resample test items of one run; a short RL stage moves scores by about as
-# much from one seed to the next (benchmarks/README.md, Session 6), which they do not include.
+# much from one seed to the next (docs/results.md, GRPO seed spread), which they do not include.
 SEED_NOTE = ("The interval covers the test items of this run, not the spread between training runs "
-             "(e.g. GRPO seeds: benchmarks/grpo_seeds.py).")
+             "(e.g. GRPO seeds: docs/results.md).")
 
 
 def compute_gaps(cfg: ReportConfig, cells: dict, tasks: list[str], lengths: list[int]) -> dict:

@@ -3,9 +3,9 @@
 One dataclass per stage (loaded with ``d1.config.load_config``; unknown keys and
 wrong types are rejected there, ``validate()`` names any bad value). The
 defaults of ``SFTConfig`` and ``GRPOConfig`` are the d1 paper's settings on
-LLaDA-8B-Instruct (``ALGORITHMS.md``; d1's ``SFT/sft_train.py`` and
-``diffu-grpo/slurm_scripts/train.yaml``); ``params.yaml`` sets the tiny CPU
-profile. ``PretrainConfig`` exists for the tiny profile only.
+LLaDA-8B-Instruct (d1's ``SFT/sft_train.py`` and
+``diffu-grpo/slurm_scripts/train.yaml``; tabled in ``docs/algorithms.md``);
+``params.yaml`` sets the tiny CPU profile. ``PretrainConfig`` exists for the tiny profile only.
 
 Batch sizes are per process (device): the optimiser batch is
 ``batch_size * grad_accum * num_processes`` examples (SFT, pretrain) or
@@ -253,10 +253,10 @@ class SFTConfig(TrainConfigBase):
     ``prefix_fraction`` of the examples whose response contains the marker also
     get a copy whose never-masked prompt runs through the marker's first
     occurrence (:func:`d1.train.sft.prefix_cuts`). The objective is d1's on every
-    row; only the data gains rows. Measured on the tiny Countdown model with
-    ``" = "`` in ``benchmarks/README.md`` (Session 9). ``prefix_pattern``
-    (instead of the marker): a regular expression; one copy per match, whose
-    prompt runs through the match (:func:`d1.train.sft.prefix_cuts`; Session 10).
+    row; only the data gains rows. ``prefix_pattern`` (instead of the marker):
+    a regular expression; one copy per match, whose prompt runs through the
+    match (:func:`d1.train.sft.prefix_cuts`). Measured on the tiny Countdown
+    model in ``docs/results.md`` (the learning benchmark's SFT recipe).
     """
 
     SECTION: ClassVar[str] = "sft"
@@ -330,7 +330,7 @@ class GRPOConfig(TrainConfigBase):
     and only the positions where completions differ move; with > 0 every row gets
     its own prompt mask, and a masked number hides the puzzle of a short prompt.
     The CPU learning benchmark uses 0 (measured GRPO gain +2.8 vs +0.4 points from
-    the same SFT model: benchmarks/README.md, Session 5).
+    the same SFT model: docs/results.md).
     logp_estimator: ``one_step`` = d1's estimator (one forward pass, every
     completion token masked); ``blockwise`` (not in d1) = one pass per block of
     ``block_length`` tokens, earlier blocks shown, so a token is scored given

@@ -1,4 +1,4 @@
-"""The LLaDA sampler against a plain loop written from ALGORITHMS.md, on a tiny toy model."""
+"""The LLaDA sampler against a plain loop written from the sampler's specification in docs/algorithms.md, on a tiny toy model."""
 
 from __future__ import annotations
 
