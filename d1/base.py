@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from d1.config import write_json_atomic, write_resolved
 from d1.errors import ConfigError
-from d1.train.configs import PretrainConfig
+from d1.train.pretrain_config import PretrainConfig
 
 BASE_FILE = "base.json"
 

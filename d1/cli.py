@@ -83,7 +83,7 @@ STAGES = {
         "evaluation load.",
     ),
     "pretrain": (
-        "d1.train.configs:PretrainConfig", "d1.train.pretrain:run_pretrain",
+        "d1.train.pretrain_config:PretrainConfig", "d1.train.pretrain:run_pretrain",
         "train the tokenizer and pre-train the built-in tiny LLaDA (tiny profile)",
         "Tiny profile only: train a tokenizer on the prepared task corpora and pre-train the built-in tiny "
         "LLaDA model from scratch with the masked-diffusion objective; writes a full model folder usable as "
@@ -91,14 +91,14 @@ STAGES = {
         "`d1 pretrain --section tiny.base.pretrain` runs them alone).",
     ),
     "sft": (
-        "d1.train.configs:SFTConfig", "d1.train.sft:run_sft",
+        "d1.train.sft_config:SFTConfig", "d1.train.sft:run_sft",
         "masked SFT on worked solutions (LoRA or full), then merge",
         "Masked SFT (d1): the prompt is never masked, each response token is masked with probability t ~ U(eps, 1), "
         "the loss is CE/t over masked tokens divided by the response tokens; EOS padding is learned. Writes the "
         "adapter or model, checkpoints, dvclive metrics and, if configured, the adapter merged into its base.",
     ),
     "grpo": (
-        "d1.train.configs:GRPOConfig", "d1.train.grpo:run_grpo",
+        "d1.train.grpo_config:GRPOConfig", "d1.train.grpo:run_grpo",
         "diffu-GRPO reinforcement learning with the task's rewards",
         "diffu-GRPO (d1): G rollouts per prompt with the shared sampler, rewards from the task registry, "
         "group advantages, mu inner iterations with the one-step masked log-prob estimator, PPO clip and k3 KL "

@@ -1,7 +1,8 @@
 """Training stages on accelerate: tiny-model pre-training, masked SFT and diffu-GRPO.
 
 ``run_pretrain(cfg)``, ``run_sft(cfg)`` and ``run_grpo(cfg)`` take the stage's
-config (:mod:`d1.train.configs`, one ``params.yaml`` section each), write the
+config (:mod:`d1.train.pretrain_config`, :mod:`~d1.train.sft_config`,
+:mod:`~d1.train.grpo_config`: one ``params.yaml`` section each), write the
 trained model, checkpoints and dvclive metrics under ``cfg.out_dir`` and return
 a summary dict. ``resume=True`` continues from the last checkpoint. Imports are
 lazy so that ``import d1.train`` does not load torch.
@@ -15,10 +16,18 @@ __all__ = ["GRPOConfig", "PretrainConfig", "SFTConfig", "run_grpo", "run_pretrai
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("GRPOConfig", "PretrainConfig", "SFTConfig"):
-        from d1.train import configs
+    if name == "PretrainConfig":
+        from d1.train.pretrain_config import PretrainConfig
 
-        return getattr(configs, name)
+        return PretrainConfig
+    if name == "SFTConfig":
+        from d1.train.sft_config import SFTConfig
+
+        return SFTConfig
+    if name == "GRPOConfig":
+        from d1.train.grpo_config import GRPOConfig
+
+        return GRPOConfig
     if name == "run_pretrain":
         from d1.train.pretrain import run_pretrain
 

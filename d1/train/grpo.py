@@ -85,7 +85,7 @@ from d1.train.common import (
     reduce_sum,
 )
 from d1.train.run import TrainingRun, save_final
-from d1.train.configs import GRPOConfig
+from d1.train.grpo_config import GRPOConfig
 from d1.models.chat import prompt_text
 
 REASONING_PREFIX = "<reasoning>"

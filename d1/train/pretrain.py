@@ -45,7 +45,7 @@ from d1.errors import DataError
 from d1.train.common import MODEL_DIR, StepCallback, count_parameters, make_generator, prepare_trainable
 from d1.train.masked_diffusion import TokenRows, train_masked_diffusion
 from d1.train.run import TrainingRun, save_final
-from d1.train.configs import PretrainConfig
+from d1.train.pretrain_config import PretrainConfig
 
 
 def pretrain_documents(data_dir: str, task_names: Sequence[str], *, document_format: str,

@@ -37,7 +37,7 @@ from d1.train.common import (
     load_base_model,
     prepare_trainable,
 )
-from d1.train.configs import SFTConfig
+from d1.train.sft_config import SFTConfig
 from d1.train.masked_diffusion import TokenRows, train_masked_diffusion
 from d1.train.run import TrainingRun, save_final
 

@@ -119,6 +119,8 @@ def test_training_stages_do_not_depend_on_each_others_trainers():
     deps = {command: stage_modules(command) for command in ("base", "sft", "grpo")}
     assert "d1/train/grpo.py" not in deps["base"] | deps["sft"]
     assert "d1/algo/grpo.py" not in deps["base"] | deps["sft"]
+    assert "d1/train/grpo_config.py" not in deps["base"] | deps["sft"]
+    assert "d1/train/sft_config.py" not in deps["base"] | deps["grpo"]
     assert "d1/train/sft.py" not in deps["base"] | deps["grpo"]
     assert "d1/train/pretrain.py" not in deps["sft"] | deps["grpo"]
     assert "d1/train/grpo.py" in deps["grpo"] and "d1/generation/sampler.py" in deps["grpo"]

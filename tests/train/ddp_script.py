@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from d1.train.configs import GRPOConfig, SFTConfig
+from d1.train.grpo_config import GRPOConfig
+
+from d1.train.sft_config import SFTConfig
 from d1.train.grpo import run_grpo
 from d1.train.sft import run_sft
 

@@ -19,7 +19,8 @@ from d1.train.common import (
     warmup_steps,
 )
 from d1.train.metrics import _truncate_tsv_after
-from d1.train.configs import GRPOConfig, SFTConfig
+from d1.train.grpo_config import GRPOConfig
+from d1.train.sft_config import SFTConfig
 
 
 def test_derive_seed_is_stable_and_distinguishes_keys():

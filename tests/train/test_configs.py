@@ -6,7 +6,9 @@ import pytest
 
 from d1.config import load_config, write_resolved
 from d1.errors import ConfigError
-from d1.train.configs import GRPOConfig, PretrainConfig, SFTConfig
+from d1.train.grpo_config import GRPOConfig
+from d1.train.pretrain_config import PretrainConfig
+from d1.train.sft_config import SFTConfig
 
 
 def test_defaults_are_valid_and_are_d1s_settings():

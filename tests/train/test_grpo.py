@@ -22,7 +22,7 @@ from d1.models.loading import load_model, load_tokenizer, token_ids
 from d1.tasks.countdown import CountdownTask
 from d1.train.common import prepare_trainable
 from d1.train.run import TrainingRun
-from d1.train.configs import GRPOConfig
+from d1.train.grpo_config import GRPOConfig
 from d1.train.grpo import DiffuGRPO, load_prompts, run_grpo
 
 

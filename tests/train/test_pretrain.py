@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from d1.errors import DataError
 from d1.models.loading import load_model, load_tokenizer, token_ids
-from d1.train.configs import PretrainConfig, SFTConfig
+from d1.train.pretrain_config import PretrainConfig
+from d1.train.sft_config import SFTConfig
 from d1.train.pretrain import pack_documents, pretrain_documents, run_pretrain
 from d1.train.sft import run_sft
 

@@ -15,7 +15,7 @@ import d1.train.masked_diffusion as loop_module
 import d1.train.sft as sft_module
 from d1.errors import ConfigError
 from d1.train.common import make_generator, positions_for_step
-from d1.train.configs import SFTConfig
+from d1.train.sft_config import SFTConfig
 from d1.train.run import TrainingRun
 from d1.train.sft import run_sft, sft_rows
 

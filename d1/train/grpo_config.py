@@ -1,0 +1,167 @@
+"""The ``grpo`` section of ``params.yaml``: diffu-GRPO; defaults are d1's LLaDA-8B setting.
+
+Known differences from d1's settings, by design:
+
+- ``grpo.load_in_4bit`` defaults to false (d1 trained a 4-bit NF4 base, QLoRA);
+  set it on a CUDA machine with bitsandbytes installed.
+- ``grpo.lora_target_modules`` defaults to the modules d1's list actually hit
+  on LLaDA (q_proj, k_proj, v_proj, up_proj): d1 also named o_proj, down_proj
+  and gate_proj, which LLaDA does not have (our LoRA rejects unknown names).
+- ``grpo.save_total_limit`` defaults to 3 (d1: 500, i.e. every checkpoint,
+  each with optimiser state: gigabytes per checkpoint on LLaDA-8B).
+- d1's TRL config set ``sync_ref_model: true``; with a LoRA policy the
+  reference is the adapter-disabled model and TRL never synchronised it, so
+  there is no such option here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from d1.train.configs import (
+    TrainConfigBase,
+    fail_at,
+    require_one_of,
+    require_positive,
+)
+
+REMASKING = ("low_confidence", "random")
+GRPO_LOSS_NORMALIZATION = ("d1", "batch")
+GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise", "coupled", "replay")
+
+
+@dataclass
+class GRPOConfig(TrainConfigBase):
+    """diffu-GRPO (d1 ``diffu-grpo``): defaults are d1's LLaDA setting.
+
+    One *round* = ``batch_size * grad_accum`` completions per process
+    (``/ num_generations`` prompts, ``num_generations`` rollouts each), then
+    ``num_iterations`` (mu) optimiser steps over those rollouts, iteration j with
+    its own mask seed. ``max_steps`` counts optimiser steps (mu per round), as
+    TRL does; an epoch is one pass over the prompts, i.e. mu optimiser steps per
+    round of prompts.
+
+    loss_normalization: ``d1`` = each micro-batch's loss is the mean over its kept
+    tokens and micro-batches are averaged (d1/TRL); ``batch`` = the sum over kept
+    tokens of the whole optimiser batch divided by their count (independent of
+    micro-batching). They agree when every micro-batch keeps as many tokens.
+    add_reasoning: prefill ``<reasoning>`` after the chat template (and prepend it
+    to the completion before computing rewards). d1's RL did not prefill (its
+    rewards check the opening tag in the completion); d1's evaluation did.
+    random_masking: draw a fresh mask seed per inner iteration (d1 default);
+    false uses seed 42 for every iteration (d1's fixed-seed option).
+    p_mask_prompt: d1's 0.15 by default. With 0, the G completions of a prompt see
+    the same estimator input (prompt + all-masked completion), so the gradient of
+    a token that all G share cancels exactly (advantages sum to zero in a group)
+    and only the positions where completions differ move; with > 0 every row gets
+    its own prompt mask, and a masked number hides the puzzle of a short prompt.
+    The CPU learning benchmark uses 0 (measured GRPO gain +2.8 vs +0.4 points from
+    the same SFT model: docs/results.md).
+    logp_estimator: ``one_step`` = d1's estimator (one forward pass, every
+    completion token masked); ``blockwise`` (not in d1) = one pass per block of
+    ``block_length`` tokens, earlier blocks shown, so a token is scored given
+    the blocks the sampler had finished when it wrote it
+    (:func:`d1.algo.grpo.per_token_logps`). Costs gen_length / block_length
+    passes (and activations) per scoring instead of one; with one block the two
+    are identical. ``coupled`` (not in d1; DiffuCoder's coupled sampling) = two
+    passes per scoring: each iteration's mask seed also draws a rate t ~ U(0.2,
+    0.8) and a split of the completion per prompt (shared by its G
+    completions); the tokens of one part are scored with that part masked and
+    the other part shown, then the other way round, so every token is scored
+    once, given a random part of its own completion. ``replay`` (not in d1) =
+    the sampler records the step at which it unmasked every rollout token;
+    the steps are cut into ``replay_chunks`` consecutive chunks (null: one per
+    step) and each chunk is one pass that shows the tokens unmasked before it
+    and scores its own, so a token is scored given (nearly) what the sampler
+    saw when it wrote it. Costs one pass per chunk.
+    replay_chunks: chunks of sampler steps for ``replay`` (null = diffusion_steps).
+    """
+
+    SECTION: ClassVar[str] = "grpo"
+
+    model_path: str = "outputs/sft/model"
+    out_dir: str = "outputs/grpo"
+    # rollouts
+    num_generations: int = 6  # G
+    generation_batch_size: int = 6  # sequences per sampler call
+    gen_length: int = 256
+    block_length: int = 32
+    diffusion_steps: int = 128
+    temperature: float = 0.9
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    max_prompt_length: int = 200  # prompts longer than this keep their last tokens (d1/TRL)
+    add_reasoning: bool = False
+    # objective
+    beta: float = 0.04
+    epsilon: float = 0.5
+    p_mask_prompt: float = 0.15
+    num_iterations: int = 12  # mu (d1: 12 for GSM8K/MATH, 8 for Countdown/Sudoku)
+    random_masking: bool = True
+    scale_rewards: bool = False  # divide advantages by the group std (GRPO); d1 does not
+    loss_normalization: str = "d1"
+    logp_estimator: str = "one_step"
+    replay_chunks: int | None = None
+    # optimiser (d1 train.yaml)
+    lr: float = 3e-6
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.1
+    max_grad_norm: float = 0.2
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_ratio: float = 0.0001
+    batch_size: int = 6  # completions per micro-batch
+    grad_accum: int = 2
+    epochs: float = 10.0
+    save_steps: int = 100
+    save_total_limit: int | None = 3
+    # LoRA (d1 train.yaml)
+    lora_r: int = 128
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj"])
+    load_in_4bit: bool = False
+    merge_adapter: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        s = self.SECTION
+        for key in ("num_generations", "generation_batch_size", "gen_length", "block_length",
+                    "diffusion_steps", "max_prompt_length", "num_iterations"):
+            require_positive(s, key, getattr(self, key))
+        if self.num_generations < 2:
+            fail_at(f"{s}.num_generations",
+                  f"needs at least 2 rollouts per prompt for a group baseline, got {self.num_generations}")
+        per_process = self.batch_size * self.grad_accum
+        if per_process % self.num_generations:
+            fail_at(f"{s}.num_generations", f"{self.num_generations} does not divide batch_size * grad_accum = "
+                  f"{per_process} (each process holds whole groups)")
+        if self.gen_length % self.block_length:
+            fail_at(f"{s}.block_length", f"{self.block_length} does not divide gen_length {self.gen_length}")
+        blocks = self.gen_length // self.block_length
+        if self.diffusion_steps % blocks:
+            fail_at(f"{s}.diffusion_steps", f"{self.diffusion_steps} steps do not split evenly over {blocks} blocks")
+        if not self.temperature >= 0:
+            fail_at(f"{s}.temperature", f"must be >= 0, got {self.temperature}")
+        if not self.cfg_scale >= 0:
+            fail_at(f"{s}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+        require_one_of(s, "remasking", self.remasking, REMASKING)
+        if not self.beta >= 0:
+            fail_at(f"{s}.beta", f"must be >= 0, got {self.beta}")
+        if not self.epsilon > 0:
+            fail_at(f"{s}.epsilon", f"must be > 0, got {self.epsilon}")
+        if not 0.0 <= self.p_mask_prompt <= 1.0:
+            fail_at(f"{s}.p_mask_prompt", f"must be in [0, 1], got {self.p_mask_prompt}")
+        require_one_of(s, "loss_normalization", self.loss_normalization, GRPO_LOSS_NORMALIZATION)
+        require_one_of(s, "logp_estimator", self.logp_estimator, GRPO_LOGP_ESTIMATORS)
+        if self.replay_chunks is not None:
+            require_positive(s, "replay_chunks", self.replay_chunks)
+            if self.replay_chunks > self.diffusion_steps:
+                fail_at(f"{s}.replay_chunks", f"{self.replay_chunks} is more than the {self.diffusion_steps} "
+                      "sampler steps it cuts into chunks")
+        if self.load_in_4bit and self.full_finetune:
+            fail_at(f"{s}.load_in_4bit", "a 4-bit base cannot be fully fine-tuned; use LoRA")
+
+    @property
+    def prompts_per_process(self) -> int:
+        return self.batch_size * self.grad_accum // self.num_generations
