@@ -75,7 +75,7 @@ TASK = "countdown"
 # the target the value of a random expression over them (``targets: expression``,
 # the way expression-first puzzle sets are built; our rebuild of the issue's
 # prototype follows its learning curve on these, not on uniform targets: see
-# benchmarks/README.md). ``--set generator.targets=uniform``: d1's uniform targets.
+# research/README.md). ``--set generator.targets=uniform``: d1's uniform targets.
 GENERATOR = {"num_numbers": 3, "number_range": [1, 20], "target_range": [1, 100], "max_misses_per_target": 200,
              "targets": "expression"}
 TRAIN_SIZE = 8000
@@ -93,8 +93,9 @@ BLOCK_LENGTH = 32
 EVAL_STEPS = 16  # gen_length / 2: d1's evaluation setting (two tokens per step)
 EVAL_BATCH = 64
 # A completion ends at the end of the assistant's turn (EOS or <|eot_id|>), as GRPO's rewards read
-# rollouts. --whole-text: up to the first EOS only (d1's decoding, and every row before Session 9):
-# the tiny model, trained with pad_to longest, can write junk with another <answer> after its turn.
+# rollouts. --whole-text: up to the first EOS only (d1's decoding, and how every result before the
+# end-of-turn cut of 2026-11-26 was scored): the tiny model, trained with pad_to longest, can write
+# junk with another <answer> after its turn.
 STOP_AT_END_OF_TURN = True
 DEVICE = "cpu"  # --device cuda: every stage and the evaluation on the GPU, float32 (no mixed precision)
 
@@ -118,14 +119,14 @@ GRPO = {
     "num_generations": 8, "generation_batch_size": 64, "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH,
     # p_mask_prompt 0 (d1: 0.15): the prompt's few number tokens are the whole puzzle; masking
     # one hides it from the estimator (measured: +2.8 vs +0.4 points from the same SFT model,
-    # benchmarks/README.md)
+    # research/README.md)
     "diffusion_steps": 16, "temperature": 0.9, "beta": 0.04, "epsilon": 0.5, "p_mask_prompt": 0.0,
     "num_iterations": 4, "lr": 1e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 1,
     "batch_size": 16, "grad_accum": 4, "max_grad_norm": 0.2, "weight_decay": 0.1,
     "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 64,
 }
 ARITHMETIC_FACTS = False  # --arithmetic-facts: add arithmetic_facts() to the pre-training corpus
-STEPS = {"pretrain": 10, "sft": 1700, "grpo": 200}  # pre-training did not help SFT (benchmarks/README.md)
+STEPS = {"pretrain": 10, "sft": 1700, "grpo": 200}  # pre-training did not help SFT (research/README.md)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -152,7 +153,7 @@ def evaluate(model_dir: Path, examples: list, *, desc: str) -> EvalResult:
     """Greedy completions of the training prompt with the shared sampler; solved = reward 1.0."""
     from d1.eval import generate_completions
     from d1.models.loading import load_for_inference, token_ids
-    from d1.train.sft import prompt_text
+    from d1.models.chat import prompt_text
 
     task = get_task(TASK)
     model, tokenizer = load_for_inference(str(model_dir), dtype=torch.float32)
@@ -325,10 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"evaluation-only puzzles beyond the first {HELDOUT} (default {EXTRA_HELDOUT}; 0: none)")
     ap.add_argument("--grpo-fresh", type=int, default=GRPO_FRESH, metavar="N",
                     help="GRPO prompts: N new puzzles disjoint from the SFT split and the held-out ones "
-                         "(default 0: the SFT training split, which a long SFT has memorised; Session 10)")
+                         "(default 0: the SFT training split, which a long SFT has memorised)")
     ap.add_argument("--whole-text", action="store_true",
                     help="score each completion up to its first EOS, past the end of its turn (d1's decoding; "
-                         "the rows before Session 9 of benchmarks/README.md)")
+                         "how results measured before the end-of-turn cut of 2026-11-26 were scored)")
     args = ap.parse_args(argv)
     STOP_AT_END_OF_TURN = not args.whole_text
     if args.extra_heldout < 0:

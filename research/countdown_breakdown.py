@@ -18,7 +18,7 @@ puzzles with their generator's worked solutions (``heldout.jsonl``,
 
 Usage::
 
-    .venv/bin/python benchmarks/countdown_breakdown.py OUT [OUT ...] [--marginals 500]
+    .venv/bin/python research/countdown_breakdown.py OUT [OUT ...] [--marginals 500]
 
 The SFT model of runs made with ``--sft-from`` is the same model; its row is
 printed once per distinct SFT folder. Trains nothing; only ``--marginals`` loads the models (``OUT/sft/model``,
@@ -90,7 +90,7 @@ def masked_marginals(model_dir: Path, records: list[dict], gen_length: int) -> l
 
     from d1.models.loading import load_for_inference, token_ids
     from d1.tasks import get_task
-    from d1.train.sft import prompt_text
+    from d1.models.chat import prompt_text
 
     task = get_task("countdown")
     model, tokenizer = load_for_inference(str(model_dir), dtype=torch.float32)

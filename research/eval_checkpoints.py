@@ -3,7 +3,7 @@
 Run ``learning_countdown.py ... --set grpo.save_steps=N --set grpo.save_total_limit=K`` with LoRA
 (``--set grpo.full_finetune=false ...``), then
 
-    .venv/bin/python benchmarks/eval_checkpoints.py OUT [--steps 200 400 ...] [--threads 2]
+    .venv/bin/python research/eval_checkpoints.py OUT [--steps 200 400 ...] [--threads 2]
 
 Each checkpoint's adapter is merged into the SFT model (``d1.models.lora.merge_adapter``,
 written to ``OUT/merged-STEP``) and evaluated exactly as the benchmark evaluates (greedy, the
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import learning_countdown as lc  # noqa: E402  (puts the repository on sys.path)
+# learning_countdown.py is a product benchmark in benchmarks/, not a package: put that folder on
+# sys.path to reuse its settings and stage helpers (importing it puts the repository on sys.path too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import learning_countdown as lc  # noqa: E402
 
 from d1.prepare import read_split  # noqa: E402
 from d1.stats import paired_gain  # noqa: E402

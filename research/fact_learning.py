@@ -15,11 +15,11 @@ The same model (4 x 128, seeded), optimiser and batches are trained under:
   are not.
 
 The table gives the fraction of training / held-out facts whose ``c`` the model
-predicts (argmax, everything else shown) after each number of steps. Session 8
-(benchmarks/README.md) reads it against the Countdown SFT model's trace probe
+predicts (argmax, everything else shown) after each number of steps.
+research/README.md reads it against the Countdown SFT model's trace probe
 (``trace_probe.py``).
 
-    .venv/bin/python benchmarks/fact_learning.py [--steps 1500] [--every 250] [--threads 2]
+    .venv/bin/python research/fact_learning.py [--steps 1500] [--every 250] [--threads 2]
         [--schemes result,d1-sft,d1-pretrain]
 """
 

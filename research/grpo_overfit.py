@@ -7,7 +7,7 @@ the benchmark's GRPO settings (plus ``--set`` overrides) and prints the mean
 training reward of every round. A working update drives it towards 1; compare
 estimators or learning rates on the same puzzles and seed.
 
-    .venv/bin/python benchmarks/grpo_overfit.py --sft-from OUT --out DIR [--prompts 8] [--steps 60] \\
+    .venv/bin/python research/grpo_overfit.py --sft-from OUT --out DIR [--prompts 8] [--steps 60] \\
         [--seed 0] [--set grpo.KEY=VALUE ...]
 """
 
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import learning_countdown as lc  # noqa: E402  (puts the repository on sys.path)
+# learning_countdown.py is a product benchmark in benchmarks/, not a package: put that folder on
+# sys.path to reuse its settings and stage helpers (importing it puts the repository on sys.path too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import learning_countdown as lc  # noqa: E402
 
 from d1.algo.grpo import completion_mask  # noqa: E402
 from d1.data.io import write_jsonl  # noqa: E402
@@ -34,7 +36,7 @@ from d1.tasks import get_task  # noqa: E402
 def pick_puzzles(model_dir: Path, examples: list, n: int, *, seed: int, settings: dict) -> list:
     """The first ``n`` puzzles whose 8 samples are solved 2..6 times (sampling as GRPO's rollouts do)."""
     from d1.models.loading import load_for_inference, token_ids
-    from d1.train.sft import prompt_text
+    from d1.models.chat import prompt_text
 
     task = get_task(lc.TASK)
     model, tokenizer = load_for_inference(str(model_dir), dtype=torch.float32)

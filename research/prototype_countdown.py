@@ -9,7 +9,7 @@ class (:class:`d1.models.llada.LLaDAModelLM`), masking and loss
 generator, so its numbers can be set beside ``learning_countdown.py``'s (the real
 recipe) on the same puzzles:
 
-    .venv/bin/python benchmarks/prototype_countdown.py [--seconds 300] [--targets uniform|expression]
+    .venv/bin/python research/prototype_countdown.py [--seconds 300] [--targets uniform|expression]
         [--save SFT.pt | --load SFT.pt] [--grpo-seconds 300 --grpo-lr 1e-4 --p-mask-prompt 0.15 ...]
 
 Prompt: the numbers zero-padded to two digits and the target to three

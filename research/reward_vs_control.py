@@ -8,11 +8,12 @@ generator, from a model that does not move. The difference per round isolates wh
 did to the reward of prompts it had not trained on yet (each round's prompts are sampled before
 that round's update). It is the reward of the sampling policy (the rollout temperature), not
 greedy accuracy: a run can raise the greedy answer of held-out puzzles without raising it
-(benchmarks/README.md, Session 13), so a flat difference alone does not rule out a greedy gain.
+(research/README.md, the control runs of 2026-11-27), so a flat difference alone does not rule out a
+greedy gain.
 
     .venv/bin/python benchmarks/learning_countdown.py ... --out RUN
     .venv/bin/python benchmarks/learning_countdown.py ... --set grpo.lr=1e-12 --eval-limit 1 --out CONTROL
-    .venv/bin/python benchmarks/reward_vs_control.py RUN CONTROL [--window 10]
+    .venv/bin/python research/reward_vs_control.py RUN CONTROL [--window 10]
 
 RUN and CONTROL are GRPO output folders (``grpo_config.json`` + ``dvclive/``) or
 ``learning_countdown.py`` outputs holding one in ``grpo/``. The rounds are read from the

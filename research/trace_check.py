@@ -1,4 +1,4 @@
-"""Does a tiny Countdown model's answer follow from its reasoning? (Session 10)
+"""Does a tiny Countdown model's answer follow from its reasoning?
 
 Reads evaluation files written by ``learning_countdown.py`` (``eval_*_heldout.json``:
 the greedy completions with their puzzles and whether each was solved) and
@@ -14,13 +14,13 @@ sorts every completion into one of three kinds by its ``<reasoning>`` lines:
 
 For each kind it prints how many completions and how many of them were solved
 (the answer block is scored, not the trace). A model whose answers follow its
-traces solves nearly every valid trace and little else; Session 9's models solved
-most of their puzzles with a wrong first line (the answer written from the
-puzzle directly).
+traces solves nearly every valid trace and little else; the learning benchmark's
+1,700-step SFT models (2026-11-26) solved most of their puzzles with a wrong first
+line (the answer written from the puzzle directly; research/README.md).
 
 Usage::
 
-    .venv/bin/python benchmarks/trace_check.py EVAL.json [EVAL.json ...] [--n 500]
+    .venv/bin/python research/trace_check.py EVAL.json [EVAL.json ...] [--n 500]
 
 Loads no model; runs in a second.
 """

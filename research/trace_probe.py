@@ -13,9 +13,9 @@ Reads a ``learning_countdown.py`` output folder (its ``data/`` and a stage's
      after it masked (what the sampler meets when it decodes left to right):
      the model has to *compute* ``c``.
    A model that scores high on the first and low on the second has learned to
-   copy the intermediate value, not the arithmetic (Session 8, benchmarks/README.md).
+   copy the intermediate value, not the arithmetic (research/README.md).
 
-    .venv/bin/python benchmarks/trace_probe.py RUN_DIR [--stage sft] [--n 500] [--threads 2]
+    .venv/bin/python research/trace_probe.py RUN_DIR [--stage sft] [--n 500] [--threads 2]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def probe_first_result(model, tokenizer, examples: list, *, mask_id: int) -> dic
     """Per example with a trace line: 1/0 for the argmax at the first result token in each context."""
     from d1.generation.sampler import as_logits
     from d1.tasks import get_task
-    from d1.train.sft import sft_texts
+    from d1.models.chat import sft_texts
 
     task = get_task(TASK)
     hits: dict[str, list[int]] = {"rest gold": [], "rest masked": []}
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    # learning_countdown.py (benchmarks/, not a package) holds the benchmark's sampler settings and evaluate()
     sys.path.insert(0, str(REPO / "benchmarks"))
     import learning_countdown as lc
     from d1.models.loading import load_for_inference, token_ids

@@ -381,7 +381,7 @@ def generate_countdown(
     expression over them, kept when it lies in ``target_range``: the way
     expression-first puzzle sets are built; small targets and the sums and products
     of the numbers come up far more often, so these puzzles are easier: see
-    benchmarks/README.md). The worked solution is the solver's, as with uniform targets.
+    research/README.md). The worked solution is the solver's, as with uniform targets.
     Deterministic in (n, seed, num_numbers, exclude, ranges). Raises ConfigError
     for a bad parameter, or when no new puzzle turns up after many draws.
     """

@@ -1,4 +1,4 @@
-"""Helpers for the benchmark-script tests: the scripts are files, not a package."""
+"""Helpers for the research-script tests: the scripts are files, not a package."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+RESEARCH = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    """Import ``research/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, RESEARCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

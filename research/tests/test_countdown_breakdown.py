@@ -1,4 +1,4 @@
-"""benchmarks/countdown_breakdown.py on a hand-built learning_countdown.py output folder."""
+"""research/countdown_breakdown.py on a hand-built learning_countdown.py output folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.loader import load_script
+from research.tests.loader import load_script
 
 
 @pytest.fixture(scope="module")

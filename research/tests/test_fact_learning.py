@@ -1,10 +1,10 @@
-"""benchmarks/fact_learning.py: the fact set, the row layout and the argument checks."""
+"""research/fact_learning.py: the fact set, the row layout and the argument checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.benchmarks.loader import load_script
+from research.tests.loader import load_script
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""benchmarks/grpo_overfit.py and benchmarks/eval_checkpoints.py on a tiny random model."""
+"""research/grpo_overfit.py and research/eval_checkpoints.py on a tiny random model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.benchmarks.loader import load_script
+from research.tests.loader import load_script
 from tests.train.conftest import save_tiny_base, write_tiny_data
 
 

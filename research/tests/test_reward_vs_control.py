@@ -1,4 +1,4 @@
-"""benchmarks/reward_vs_control.py on hand-written GRPO run folders."""
+"""research/reward_vs_control.py on hand-written GRPO run folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.benchmarks.loader import load_script
+from research.tests.loader import load_script
 
 CONFIG = {"seed": 0, "tasks": ["countdown"], "num_generations": 8, "generation_batch_size": 64,
           "num_iterations": 2, "gen_length": 32, "block_length": 8, "diffusion_steps": 32,

@@ -1,4 +1,4 @@
-"""benchmarks/trace_check.py on hand-written completions."""
+"""research/trace_check.py on hand-written completions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.benchmarks.loader import load_script
+from research.tests.loader import load_script
 
 
 @pytest.fixture(scope="module")

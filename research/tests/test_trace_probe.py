@@ -1,4 +1,4 @@
-"""benchmarks/trace_probe.py: the first-result probe against hand-written stand-in models."""
+"""research/trace_probe.py: the first-result probe against hand-written stand-in models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from d1.tasks import get_task
-from tests.benchmarks.loader import load_script
+from research.tests.loader import load_script
 
 
 @pytest.fixture(scope="module")
