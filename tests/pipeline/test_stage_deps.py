@@ -89,6 +89,8 @@ def dependency_problems(stage: dict, modules: set[str]) -> list[str]:
         if path.is_file():
             if dep.endswith(".py") and dep not in modules:
                 problems.append(f"depends on {dep}, never runs it")
+            if path.stat().st_size == 0:  # DVC warns "is empty" on every run that checks it
+                problems.append(f"depends on {dep}, an empty file")
         elif path.is_dir():
             unused = sorted(p.relative_to(REPO).as_posix() for p in path.rglob("*.py")) 
             unused = [p for p in unused if p not in modules]
