@@ -28,6 +28,10 @@ LOCK_FILE = "dvc.lock"
 D1_ERROR_RE = re.compile(r"^d1 [\w-]+: error: .+")
 _DVC_ERROR_RE = re.compile(r"^ERROR: (.+)")
 _NOISE_RE = re.compile(r"^(ERROR: |WARNING: |Running stage |> |\s*$|Traceback |  File |    )")
+#: what ``dvc repro`` says for a person at a terminal, not for a flow's log: blank lines and its git and
+#: push hints (the flow pushes, and the checkout's dvc.lock is the flow's business)
+_HINT_RE = re.compile(r"^(\s*|To track the changes with git, run:|git add dvc\.lock|To enable auto staging, run:|"
+                      r"dvc config core\.autostage true|Use `dvc push` to send your updates to remote storage\.)$")
 
 
 class StageFailed(D1Error):
@@ -174,7 +178,8 @@ def repro(
     on_line: Callable[[str], None] | None = None, force: bool = False,
 ) -> list[str]:
     """``dvc repro --single-item STAGE`` in ``root``; each output line goes to ``on_line`` as it
-    comes. Returns the output lines; raises StageFailed with the stage's error message."""
+    comes (but blank lines and DVC's git/push hints). Returns the output lines; raises StageFailed
+    with the stage's error message."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
         cmd.append("--force")
@@ -187,7 +192,7 @@ def repro(
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line)
-            if on_line is not None:
+            if on_line is not None and not _HINT_RE.match(line.strip()):
                 on_line(line.rstrip("\n"))
         rc = proc.wait()
     except BaseException:  # cancelled or interrupted: do not leave the stage running

@@ -29,8 +29,12 @@ def test_failure_detail_of_a_crash_is_the_exception_line_and_retryable():
 
 def test_repro_streams_the_output_and_sets_the_environment(toy):
     lines = []
-    dvc_ops.repro(toy, "prepare", env={"D1_DVC_STAGE": "prepare", "D1_FLOW_RUN_ID": "fr-1"}, on_line=lines.append)
+    out = dvc_ops.repro(toy, "prepare", env={"D1_DVC_STAGE": "prepare", "D1_FLOW_RUN_ID": "fr-1"},
+                        on_line=lines.append)
     assert "> python toy.py prepare" in lines
+    # DVC's terminal hints and blank lines stay out of the log, not out of the returned output.
+    assert any("git add dvc.lock" in line for line in out)
+    assert not [line for line in lines if not line.strip() or "git add dvc.lock" in line or "autostage" in line]
     assert '"D1_FLOW_RUN_ID": "fr-1"' in (toy / "out/data/env.json").read_text()
     assert dvc_ops.status(toy, "prepare") == {}
     assert dvc_ops.status(toy, "train@a")  # not run yet
