@@ -43,11 +43,18 @@ def summarize(changes: Mapping[str, list]) -> str:
         for item in items:
             if isinstance(item, dict):
                 for kind, detail in item.items():
-                    parts.append(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in detail.items())
+                    parts.append(f"{kind}: " + _first_few([f"{k} {v}" for k, v in detail.items()])
                                  if isinstance(detail, dict) else f"{kind}: {detail}")
             else:
                 parts.append(str(item))
     return "; ".join(parts) or "no changes"
+
+
+def _first_few(items: list[str], shown: int = 4) -> str:
+    """``a, b, c, d and 9 more``: a log line stays readable when every dependency changed."""
+    if len(items) <= shown + 1:
+        return ", ".join(items)
+    return ", ".join(items[:shown]) + f" and {len(items) - shown} more"
 
 
 def only_missing_outputs(changes: Mapping[str, list]) -> bool:

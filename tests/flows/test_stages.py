@@ -51,6 +51,9 @@ def test_status_helpers():
     assert not only_missing_outputs({"x": ["changed command"]})
     assert not only_missing_outputs({})
     assert summarize(missing) == "changed outs: out/eval/a/metrics.json deleted"
+    many = {"s": [{"changed deps": {f"d1/m{i}.py": "modified" for i in range(9)}}]}
+    assert summarize(many) == ("changed deps: d1/m0.py modified, d1/m1.py modified, d1/m2.py modified, "
+                               "d1/m3.py modified and 5 more")
 
 
 def test_lock_artifact_roundtrip():
