@@ -7,7 +7,9 @@ reported as one line on stderr with a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -136,6 +138,7 @@ def _load(ref: str):
 def _cmd_stage(args: argparse.Namespace) -> int:
     """Load the stage's section, run it, write its provenance record (OUT_DIR/provenance.json or --provenance)."""
     from d1.config import default_section, load_config, read_params
+    from d1.locks import stage_run
     from d1.progress import quiet_library_bars
     from d1.provenance import PROVENANCE_FILE, is_main_process, make_record, utc_now, write_provenance
 
@@ -151,15 +154,29 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     runner = _load(runner_ref)
     kwargs = {"resume": True} if getattr(args, "resume", False) else {}
     started = utc_now()
-    result = runner(cfg, **kwargs)
+    # one writer per output folder, none while a flow run holds the checkout (d1.locks)
+    holding = stage_run(cfg.out_dir, section=section) if is_main_process() else contextlib.nullcontext()
+    with holding:
+        result = runner(cfg, **kwargs)
     if is_main_process():
         write_provenance(args.provenance or Path(cfg.out_dir) / PROVENANCE_FILE,
                          make_record(command=args.command, section=section, started_at=started))
     if args.command == "prepare":
         result = {"out_dir": cfg.out_dir,
                   "counts": {t: {s: v["count"] for s, v in e.items()} for t, e in result["tasks"].items()}}
-    print(json.dumps(result, default=str))
+    print(json.dumps(finite_json(result), default=str, allow_nan=False))
     return 0
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinity replaced by None: the summary stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:

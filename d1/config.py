@@ -17,15 +17,17 @@ Profiles: a params file may nest the sections per profile
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
@@ -122,14 +124,36 @@ def _rebase_message(message: str, section: str, where: str) -> str:
     return message
 
 
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: ``line 3, column 5: expected ...`` (PyYAML's own is several)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    text = str(problem) if problem else str(exc)
+    if mark is not None:
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {text}"
+    return " ".join(text.split())
+
+
+def load_yaml_file(path: Path, error: type[Exception], what: str = "YAML") -> Any:
+    """The YAML document in ``path`` (safe loader); ``error`` naming the file when it cannot be read:
+    not UTF-8 text (e.g. random bytes), invalid YAML, or nested too deeply to parse."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a {what} file: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: invalid YAML ({yaml_error_text(exc)})") from None
+    except RecursionError:
+        raise error(f"{path}: invalid YAML (nested too deeply)") from None
+
+
 def read_params(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    data = load_yaml_file(path, ConfigError, "params") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -147,7 +171,7 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ConfigError(f"override {item!r}: value is not valid YAML") from None
         node = params
         parts = key.split(".")
@@ -237,6 +261,27 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Fill a folder under a temporary name, then rename it to ``target``: a reader (a later stage,
+    ``dvc commit``) sees the old folder, no folder, or the whole new one, never a part of it.
+
+    Yields the temporary folder (``.<name>.tmp-<pid>`` beside ``target``), removed if the block fails.
+    """
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

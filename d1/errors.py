@@ -23,3 +23,8 @@ class DataError(D1Error):
 
 class ConfigError(D1Error):
     """A parameter value that fails validation."""
+
+
+class TrainingError(D1Error):
+    """A training run that cannot go on: e.g. its loss or gradients stayed non-finite (a learning rate
+    far too high). Nothing is saved from the weights it stopped at."""

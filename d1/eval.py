@@ -52,7 +52,8 @@ class EvalConfig:
 
     model: str = "outputs/sft/model"
     model_name: str = "model"  # label in file names and tables (base, sft, d1, ...)
-    # label -> model ("{task}" is replaced by the task); a model_name found here replaces `model`
+    # label -> model ("{task}" is replaced by the task); when given, model_name must be one of its labels
+    # and its model replaces `model`
     models: dict[str, str] = field(default_factory=dict)
     data_dir: str = "data"
     out_dir: str = "outputs/eval"
@@ -109,6 +110,10 @@ class EvalConfig:
                 raise ConfigError(f"eval.limit.{name}: must name a known task with a positive count, got {n}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"eval.dtype: {self.dtype!r} is not auto, float32, bfloat16 or float16")
+        if self.models and self.model_name not in self.models:
+            # evaluating `model` under a label the profile gives another model would mislabel the results
+            raise ConfigError(f"eval.model_name: {self.model_name!r} is not one of the models of eval.models "
+                              f"({', '.join(sorted(self.models))})")
         if self.model_name in self.models:
             self.model = self._model_for_label()
 

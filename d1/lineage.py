@@ -18,8 +18,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
+from d1.config import load_yaml_file
 from d1.errors import DataError
 from d1.provenance import PROVENANCE_FILE, read_provenance
 
@@ -29,14 +28,31 @@ def read_lock(lock_path: str | Path) -> dict[str, dict]:
     path = Path(lock_path)
     if not path.is_file():
         raise DataError(f"{path}: no such file (run `dvc repro` first)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: invalid YAML ({exc})") from None
+    data = load_yaml_file(path, DataError, "dvc.lock") or {}
     stages = data.get("stages") if isinstance(data, dict) else None
     if not isinstance(stages, dict) or str(data.get("schema")) != "2.0":
         raise DataError(f"{path}: not a dvc.lock with schema 2.0")
+    for name, entry in stages.items():
+        _check_stage(path, name, entry)
     return stages
+
+
+def _check_stage(path: Path, name: Any, entry: Any) -> None:
+    """DataError naming the stage and key when a dvc.lock entry does not have dvc.lock's shape."""
+    where = f"{path}: stages.{name}"
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    for key in ("deps", "outs"):
+        items = entry.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise DataError(f"{where}.{key}: expected a list, got {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"]:
+                raise DataError(f"{where}.{key}[{i}]: expected a mapping with a 'path' string, got {item!r:.80}")
+    if entry.get("params") is not None and not isinstance(entry["params"], dict):
+        raise DataError(f"{where}.params: expected a mapping, got {type(entry['params']).__name__}")
 
 
 def _parts(path: str) -> tuple[str, ...]:

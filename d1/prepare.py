@@ -85,6 +85,18 @@ class PrepareConfig:
                     raise ConfigError(f"{where}.{key}: must be positive, got {val}")
             if tc.generator and GENERATE not in (tc.train, tc.test):
                 raise ConfigError(f"{where}.generator: only used with train: generate or test: generate")
+            if GENERATE in (tc.train, tc.test):
+                _check_generator(task, tc.generator, f"{where}.generator")
+
+
+def _check_generator(task: Task, options: dict[str, Any], where: str) -> None:
+    """Try the generator options on 0 examples: a bad option fails here, before any work is done."""
+    try:
+        task.generate(0, seed=0, exclude=[], **options)
+    except (ConfigError, TypeError, ValueError) as exc:
+        message = str(exc)
+        prefix = f"{task.name} generator: "
+        raise ConfigError(f"{where}: {message[len(prefix):] if message.startswith(prefix) else message}") from None
 
 
 def builtin_path(relative: str) -> Path:
@@ -95,6 +107,8 @@ def _load_split(task: Task, source: str, split: str, limit: int | None) -> list[
     if source == BUILTIN:
         source = str(builtin_path(task.builtin_data[split]))
     records = read_records(source)
+    if not records:
+        raise DataError(f"{source}: holds no rows (the {task.name} {split} split would be empty)")
     if limit is not None:
         records = records[:limit]
     examples = []
@@ -113,23 +127,38 @@ def _task_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big")
 
 
-def _build_splits(cfg: PrepareConfig, name: str) -> dict[str, tuple[list[Example], str]]:
-    """{split: (examples, source description)} for one task; nothing is written."""
+def _loaded_splits(cfg: PrepareConfig, name: str) -> dict[str, tuple[list[Example], str]]:
+    """{split: (examples, source)} of the task's splits read from a source (not generated)."""
     tc = cfg.tasks[name]
     task = get_task(name)
+    loaded = {}
+    if tc.test != GENERATE:
+        loaded["test"] = (_load_split(task, tc.test, "test", tc.test_size), tc.test)
+    if tc.train not in (GENERATE, None):
+        loaded["train"] = (_load_split(task, tc.train, "train", tc.train_size), tc.train)
+    return loaded
+
+
+def _build_splits(cfg: PrepareConfig, name: str,
+                  loaded: dict[str, tuple[list[Example], str]] | None = None) -> dict[str, tuple[list[Example], str]]:
+    """{split: (examples, source description)} for one task; nothing is written. ``loaded``: the
+    splits :func:`_loaded_splits` already read."""
+    tc = cfg.tasks[name]
+    task = get_task(name)
+    loaded = _loaded_splits(cfg, name) if loaded is None else loaded
     if tc.test == GENERATE:
         seed = _task_seed(cfg.seed, f"{name}:test")
         test = task.generate(tc.test_size, seed=seed, exclude=[], **tc.generator)
         splits: dict[str, tuple[list[Example], str]] = {
             "test": (test, f"generated(seed={cfg.seed}:test, {json.dumps(tc.generator, sort_keys=True)})")}
     else:
-        test = _load_split(task, tc.test, "test", tc.test_size)
-        splits = {"test": (test, tc.test)}
+        test = loaded["test"][0]
+        splits = {"test": loaded["test"]}
     if tc.train == GENERATE:
         train = task.generate(tc.train_size, seed=_task_seed(cfg.seed, name), exclude=test, **tc.generator)
         splits["train"] = (train, f"generated(seed={cfg.seed}, {json.dumps(tc.generator, sort_keys=True)})")
     elif tc.train is not None:
-        splits["train"] = (_load_split(task, tc.train, "train", tc.train_size), tc.train)
+        splits["train"] = loaded["train"]
     return splits
 
 
@@ -141,7 +170,11 @@ def prepare(cfg: PrepareConfig) -> dict:
     written atomically and the manifest last.
     """
     out = Path(cfg.out_dir)
-    built = {name: _build_splits(cfg, name) for name in progress(sorted(cfg.tasks), desc="prepare", unit="task")}
+    # Read every source first (quick), so that a bad file or row stops the stage on one line, before the
+    # progress of the (slow) generation starts.
+    loaded = {name: _loaded_splits(cfg, name) for name in sorted(cfg.tasks)}
+    built = {name: _build_splits(cfg, name, loaded[name])
+             for name in progress(sorted(cfg.tasks), desc="prepare", unit="task")}
     manifest: dict[str, Any] = {"seed": cfg.seed, "tasks": {}}
     for name, splits in built.items():
         entry: dict[str, Any] = {}
@@ -165,4 +198,13 @@ def read_split(data_dir: str | Path, task_name: str, split: str) -> list[Example
     path = Path(data_dir) / task_name / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(f"{path}: no such file (run `d1 prepare` first)")
-    return [Example.from_record(r) for r in read_records(str(path))]
+    records = read_records(str(path))
+    if not records:
+        raise DataError(f"{path}: holds no {split} example (an empty file; run `d1 prepare` again)")
+    examples = []
+    for i, rec in enumerate(records):
+        try:
+            examples.append(Example.from_record(rec))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: row {i}: not a prepared {task_name} example ({exc!r})") from None
+    return examples

@@ -38,13 +38,19 @@ def quiet_library_bars(stream: TextIO | None = None) -> bool:
 
     transformers, datasets and huggingface_hub draw bars for saving, loading and
     mapping ("Writing model shards"), each a few log lines per call. Sets
-    ``HF_HUB_DISABLE_PROGRESS_BARS=1`` unless the user set it; call before those
-    libraries are imported. Returns whether it did.
+    ``HF_HUB_DISABLE_PROGRESS_BARS=1`` unless the user set another value, and
+    turns the bars off in those libraries if they are imported already.
+    Returns whether it did.
     """
     stream = sys.stderr if stream is None else stream
-    if _is_terminal(stream) or "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
-        return False
+    if _is_terminal(stream) or os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1") != "1":
+        return False  # a terminal, or the user's explicit choice
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # Libraries imported already read the variable at import time: tell them directly.
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
     return True
 
 

@@ -14,7 +14,10 @@ keep hashes that only depend on their content). Fields:
 ``git_dirty``    whether tracked files differed from that commit (null outside git)
 ``flow_run_id``, ``task_run_id``  ``$D1_FLOW_RUN_ID`` / ``$D1_TASK_RUN_ID`` (null when absent)
 ``started_at``, ``finished_at``  UTC, ISO 8601
-``host``, ``d1_version``, ``argv``
+``host``, ``d1_version``, ``argv`` (the value of any credential found in the environment, such as
+                 ``AWS_SECRET_ACCESS_KEY`` or ``HF_TOKEN``, is replaced by ``<redacted>``)
+
+The record holds no environment variable but the stage and run ids above: credentials never reach it.
 
 ``d1 lineage`` combines these records with dvc.lock (see d1.lineage).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +42,24 @@ ENV_STAGE = "D1_DVC_STAGE"
 ENV_DVC_STAGE = "DVC_STAGE"
 ENV_FLOW_RUN = "D1_FLOW_RUN_ID"
 ENV_TASK_RUN = "D1_TASK_RUN_ID"
+
+
+#: environment variables whose values are credentials (AWS_SECRET_ACCESS_KEY, HF_TOKEN, PREFECT_API_KEY, ...)
+SECRET_ENV_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def secret_values(env: Mapping[str, str] = os.environ) -> list[str]:
+    """Values of the credential-like variables of ``env`` (8 characters or more), longest first."""
+    found = {v for k, v in env.items() if SECRET_ENV_NAME.search(k) and isinstance(v, str) and len(v) >= 8}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every occurrence of a value of ``secrets`` replaced by ``<redacted>``."""
+    for value in secrets:
+        text = text.replace(value, REDACTED)
+    return text
 
 
 def utc_now() -> str:
@@ -75,6 +97,7 @@ def make_record(
 ) -> dict:
     """The provenance record of one stage run (see the module docstring for the fields)."""
     git = git_state(cwd)
+    secrets = secret_values(env)  # a credential typed on the command line stays out of the record
     return {
         "stage": env.get(ENV_STAGE) or env.get(ENV_DVC_STAGE) or None,
         "section": section,
@@ -87,7 +110,7 @@ def make_record(
         "finished_at": finished_at or utc_now(),
         "host": socket.gethostname(),
         "d1_version": __version__,
-        "argv": list(sys.argv if argv is None else argv),
+        "argv": [redact(str(a), secrets) for a in (sys.argv if argv is None else argv)],
     }
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from d1.data.io import json_value_problem, read_json_file
 from d1.errors import DataError
 from d1.tasks import get_task
 from d1.tasks.base import Task
@@ -28,10 +29,7 @@ def load_generations(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path)
     items = data.get("generations") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected an object with a 'generations' list")
@@ -51,7 +49,8 @@ def _examples(task: Task, items: Iterable[dict], where: str) -> Iterator[tuple[i
         try:
             example = task.example_from_generation(item)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise DataError(f"{where}: generations[{i}] is not a {task.name} item ({exc})") from None
+            reason = json_value_problem(exc) if isinstance(exc, ValueError) else exc
+            raise DataError(f"{where}: generations[{i}] is not a {task.name} item ({reason})") from None
         yield i, item, example
 
 

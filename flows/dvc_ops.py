@@ -79,8 +79,12 @@ def status(root: str | Path, stage: str) -> dict:
     return {k: v for k, v in changes.items() if v}
 
 
-def pull(root: str | Path, stages: Iterable[str], *, log: Callable[[str], None] | None = None) -> dict:
+def pull(root: str | Path, stages: Iterable[str], *, log: Callable[[str], None] | None = None,
+         force: bool = False) -> dict:
     """Fetch and check out the outputs of ``stages`` recorded in dvc.lock from the default remote.
+
+    ``force``: replace what is in the workspace at those outputs (for the stage about to run: what a
+    killed run of it left there is no result of anyone's, and must not block the pull).
 
     Outputs missing from the remote are skipped (those stages will simply not be up to date). DVC
     warns about them ("Missing cache files"), which on a first run is no problem at all: the
@@ -93,7 +97,7 @@ def pull(root: str | Path, stages: Iterable[str], *, log: Callable[[str], None] 
         return {}
     try:
         with _missing_cache_files() as missing, open_repo(root) as repo:
-            result = repo.pull(targets=targets, allow_missing=True)
+            result = repo.pull(targets=targets, allow_missing=True, force=force)
     except DvcException as exc:
         raise ConfigError(f"dvc pull {' '.join(targets)}: {_dvc_error(exc)}") from None
     if missing and log is not None:

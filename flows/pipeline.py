@@ -25,6 +25,7 @@ from typing import Sequence
 
 from d1.config import load_config, read_params
 from d1.errors import D1Error
+from d1.locks import checkout_run
 from flows.config import FlowConfig
 from flows import dvc_ops
 from flows.graph import StageInfo, by_name, read_stages, upstream_closure
@@ -76,7 +77,19 @@ def _own_pool() -> str | None:
 
 def run_pipeline(profile: str = "tiny", tasks: Sequence[str] | None = None, overrides: Sequence[str] | None = None,
                  pull: bool = True, push: bool = True, root: str | Path = ".") -> dict:
-    """The body of the ``d1-full`` flow (see the module docstring); returns each stage's outcome."""
+    """The body of the ``d1-full`` flow (see the module docstring); returns each stage's outcome.
+
+    The flow run holds the checkout (``d1.locks``): a second flow run on it, or a stage command
+    started there by hand, is refused with one line naming this run."""
+    from prefect.runtime import flow_run
+
+    flow_run_id = str(flow_run.id or "")
+    with checkout_run(Path(root).resolve(), flow_run_id=flow_run_id):  # one flow run per checkout
+        return _run_pipeline(profile, tasks, overrides, pull, push, Path(root).resolve(), flow_run_id)
+
+
+def _run_pipeline(profile: str, tasks: Sequence[str] | None, overrides: Sequence[str] | None, pull: bool,
+                  push: bool, root: Path, flow_run_id: str) -> dict:
     from prefect import get_run_logger, task
     from prefect.cache_policies import NO_CACHE
     from prefect.runtime import flow_run
@@ -84,9 +97,7 @@ def run_pipeline(profile: str = "tiny", tasks: Sequence[str] | None = None, over
     from flows.observe import emit_stage_assets, publish_artifacts
 
     logger = get_run_logger()
-    root = Path(root).resolve()
     p = plan(root, profile, tasks, overrides, own_pool=_own_pool())
-    flow_run_id = str(flow_run.id or "")
     logger.info(f"checkout {root}; params: {', '.join(p.overrides)}; flow pool {p.own_pool}; "
                 f"{len(p.stages)} stages: " + ", ".join(f"{s.name} [{p.pools[s.name]}]" for s in p.stages))
     if not push and any(pool != p.own_pool for pool in p.pools.values()):

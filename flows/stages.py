@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from d1.errors import ConfigError, D1Error
+from d1.locks import checkout_run
 from flows import dvc_ops
 from flows.dvc_ops import StageFailed
 from d1.provenance import ENV_FLOW_RUN, ENV_STAGE, ENV_TASK_RUN
@@ -78,7 +79,9 @@ def run_here(
     if pull:
         targets = [*upstream, stage]
         log(f"dvc pull {' '.join(targets)}")
-        dvc_ops.pull(root, targets, log=log)
+        dvc_ops.pull(root, list(upstream), log=log)
+        # the stage's own outputs with force: a killed try of it (a retry after a crash) left partial files
+        dvc_ops.pull(root, [stage], log=log, force=True)
     changes = dvc_ops.status(root, stage)
     if not changes:
         log(f"{stage}: up to date (dvc status), skipped")
@@ -205,7 +208,8 @@ def stage_flow_body(stage: str, overrides: list[str], lock: dict, flow_run_id: s
     own_flow, _ = _runtime_ids()
     env = {ENV_STAGE: stage, ENV_FLOW_RUN: flow_run_id or own_flow, ENV_TASK_RUN: task_run_id or "",
            **QUIET_PROGRESS}
-    outcome = run_here(root, stage, stages[stage].upstream, pull=pull, push=push, env=env, log=logger.info)
+    with checkout_run(root, flow_run_id=env[ENV_FLOW_RUN]):
+        outcome = run_here(root, stage, stages[stage].upstream, pull=pull, push=push, env=env, log=logger.info)
     entry = dvc_ops.read_lock(root).get(stage)
     create_markdown_artifact(_lock_markdown(stage, entry, outcome), key=LOCK_ARTIFACT,
                              description=f"dvc.lock entry of {stage} for the calling flow")

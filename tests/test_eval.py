@@ -174,8 +174,9 @@ def test_one_cell_per_model_label(tiny_setup, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cell").iterdir()) == ["eval_config.json", "generations", "metrics.json"]
     assert [p.name for p in (tmp_path / "cell" / "generations").iterdir()] == ["countdown_base_8_4_0_generations.json"]
     assert json.loads((tmp_path / "cell" / "eval_config.json").read_text())["model"] == str(model_dir)
-    # a label not in `models` keeps `model` (the multi-task default of `d1 eval`)
-    assert _cfg(root, data, model_dir, models=models, model_name="tiny").model == str(model_dir)
+    # a label not in `models` is refused: it would evaluate another model under that label
+    with pytest.raises(ConfigError, match="eval.model_name: 'tiny' is not one of"):
+        _cfg(root, data, model_dir, models=models, model_name="tiny")
 
 
 def test_train_prompt_protocol_uses_the_training_prompt_and_answer_block(tiny_setup, tmp_path):

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,6 +126,35 @@ def _parse_csv(text: str, name: str) -> list[dict]:
     return records
 
 
+_INT_DIGITS = re.compile(r"limit \((\d+) digits\).*value has (\d+) digits")
+
+
+def json_value_problem(exc: ValueError | RecursionError) -> str:
+    """Why ``json.loads`` refused a text that is not a syntax error, in words (one line)."""
+    if isinstance(exc, RecursionError):
+        return "arrays or objects nested too deeply to read"
+    m = _INT_DIGITS.search(str(exc))
+    if m:  # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits
+        return f"a number of {m.group(2)} digits, more than the {m.group(1)} that can be read"
+    return " ".join(str(exc).split())[:200]
+
+
+def read_json_file(path: str | os.PathLike) -> object:
+    """The JSON document in ``path``; DataError naming the file when it is not UTF-8 JSON, is nested
+    too deeply (``[[[[...``) or holds a number too long to convert (thousands of digits)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not readable JSON ({json_value_problem(exc)})") from None
+
+
 def _parse_jsonl(text: str, name: str) -> list[dict]:
     records = []
     # Split on "\n" only: str.splitlines() would also break at U+2028 and
@@ -136,6 +166,8 @@ def _parse_jsonl(text: str, name: str) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{name}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{name}: line {lineno}: not readable JSON ({json_value_problem(exc)})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{name}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
         records.append(rec)
@@ -147,6 +179,8 @@ def _parse_json(text: str, name: str) -> list[dict]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{name}: line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{name}: not readable JSON ({json_value_problem(exc)})") from None
     rows = doc.get("data") if isinstance(doc, dict) else doc
     if not isinstance(rows, list):
         raise DataError(f"{name}: expected a JSON list of objects or an object with a 'data' list")

@@ -66,6 +66,34 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(_DTYPES)}") from None
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (library messages often span several), at most ``limit`` chars."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_json_object(file: Path, label: str, expected: str = "an object") -> dict:
+    """The JSON object in ``file``; ConfigError ``<label> ...`` when it is not UTF-8 JSON holding an object."""
+    import json
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{label} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{label} is not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"{label} cannot be read ({one_line(err, 150)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label} holds a JSON {type(data).__name__}, expected {expected}")
+    return data
+
+
+def _read_local_config(path: Path, name: str) -> None:
+    """ConfigError naming the problem when a folder's config.json is not a JSON object."""
+    read_json_object(path / "config.json", f"model {name!r}: config.json", "an object (the model's settings)")
+
+
 def read_config_dict(name_or_path: str | Path, *, revision: str | None = None) -> dict:
     """The raw config.json of a folder or Hub id (ConfigError if it cannot be read)."""
     name = str(name_or_path)
@@ -76,18 +104,127 @@ def read_config_dict(name_or_path: str | Path, *, revision: str | None = None) -
         raise ConfigError(f"model {name!r}: folder has no config.json")
     if not path.exists() and name.count("/") != 1:
         raise ConfigError(f"model {name!r}: no such folder (and not a Hub id of the form org/name)")
+    if path.is_dir():
+        _read_local_config(path, name)
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(str(path) if path.exists() else name, revision=revision)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model {name!r}: cannot read its config.json ({err})") from err
+        raise ConfigError(f"model {name!r}: cannot read its config.json ({one_line(err)})") from err
+    if not isinstance(config_dict, dict):
+        raise ConfigError(f"model {name!r}: config.json holds a JSON {type(config_dict).__name__}, expected an object")
+    if config_dict.get("model_type") in NATIVE_MODEL_TYPES:
+        check_llada_config(config_dict, name)
     return config_dict
 
 
-def _from_pretrained(auto_cls: Any, name: str, **kwargs: Any) -> nn.Module:
+#: LLaDA sizes that must be positive integers (None allowed where the type says so)
+_POSITIVE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_ratio", "mlp_hidden_size", "vocab_size",
+                    "embedding_size", "max_sequence_length", "block_group_size")
+_KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    import types
+    import typing
+
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(tp))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is type(None):
+        return value is None
+    return True
+
+
+def _kind(tp: Any) -> str:
+    import typing
+
+    args = typing.get_args(tp) or (tp,)
+    return " or ".join(_KIND.get(arg, getattr(arg, "__name__", str(arg))) for arg in args)
+
+
+def check_llada_config(config_dict: dict, name: str) -> None:
+    """ConfigError naming the field when a LLaDA config.json field has the wrong type (``"d_model": "abc"``)
+    or a size is not positive: transformers would build the model from it and fail deep inside."""
+    import inspect
+    import typing
+
+    from d1.models.llada import LLaDAConfig
+
+    hints = typing.get_type_hints(LLaDAConfig.__init__)
+    for field in inspect.signature(LLaDAConfig.__init__).parameters:
+        if field not in config_dict or field not in hints:
+            continue
+        value, tp = config_dict[field], hints[field]
+        if field.endswith("_token_id") and isinstance(value, list) and value:  # HF allows a list of ids
+            value = value[0]
+        if not _fits(value, tp):
+            raise ConfigError(f"model {name!r}: config.json: {field} must be {_kind(tp)}, got {value!r:.60}")
+        if field in _POSITIVE_FIELDS and value is not None and value <= 0:
+            raise ConfigError(f"model {name!r}: config.json: {field} must be positive, got {value!r}")
+
+
+def check_safetensors_files(folder: str | Path, what: str) -> None:
+    """ConfigError naming the file when a ``*.safetensors`` file of a local folder cannot be read
+    (truncated, random bytes): only its header and size are checked, no tensor is loaded."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for a bad file
+            raise ConfigError(f"{what}: {file.name} is not a readable safetensors file, truncated or "
+                              f"corrupt ({one_line(err, 150)})") from None
+
+
+def _from_pretrained(auto_cls: Any, name: str, *, strict: bool = False, **kwargs: Any) -> nn.Module:
+    """``auto_cls.from_pretrained``; ConfigError naming the model when it cannot be loaded.
+
+    strict: the weights must fit the config exactly: a weight of another shape, a missing or an
+    unexpected one is an error (transformers would re-initialise or drop it with a warning).
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+    from transformers.utils import logging as hf_logging
+
+    check_safetensors_files(name, f"model {name!r}")
+    if strict:
+        kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
+    verbosity = hf_logging.get_verbosity()
+    if strict:
+        hf_logging.set_verbosity_error()  # its multi-line load report: the problems are raised below instead
     try:
-        return auto_cls.from_pretrained(name, **kwargs)
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"model {name!r}: cannot load it ({err})") from err
+        loaded = auto_cls.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
+        raise ConfigError(f"model {name!r}: cannot load it ({one_line(err)})") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if not strict:
+        return loaded
+    model, info = loaded
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, saved, wanted = sorted(mismatched, key=str)[0][:3]
+        raise ConfigError(f"model {name!r}: its weights do not fit its config.json: {key} has shape "
+                          f"{list(saved)} in the weights, the config makes it {list(wanted)}")
+    for kind in ("missing", "unexpected"):
+        keys = sorted(info.get(f"{kind}_keys") or [])
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            raise ConfigError(f"model {name!r}: its weights do not fit its config.json: {kind} weights "
+                              f"{', '.join(keys[:3])}{more}")
+    return model
 
 
 def load_hf_model(
@@ -109,7 +246,9 @@ def load_hf_model(
     if (resolved := resolve_dtype(dtype)) is not None:
         load_kwargs[_DTYPE_KWARG] = resolved
     if model_type in NATIVE_MODEL_TYPES:
-        return _from_pretrained(AutoModel, name, trust_remote_code=False, **load_kwargs)
+        # A quantised load changes the parameters themselves: its loading report is not checked.
+        return _from_pretrained(AutoModel, name, strict="quantization_config" not in kwargs,
+                                trust_remote_code=False, **load_kwargs)
     auto_map = config_dict.get("auto_map") or {}
     if auto_map:
         if not trust_remote_code:
@@ -162,8 +301,8 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False,
         return AutoTokenizer.from_pretrained(
             str(path) if path.exists() else name, trust_remote_code=trust_remote_code, revision=revision
         )
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"tokenizer {name!r}: cannot load it ({err})") from err
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise ConfigError(f"tokenizer {name!r}: cannot load it ({one_line(err)})") from err
 
 
 @dataclass(frozen=True)
@@ -269,20 +408,16 @@ def load_for_inference(
     adapter is applied on top (not merged); the tokenizer is the adapter
     folder's when it has one, else the base's.
     """
-    import json
+    from d1.models.lora import load_adapter, read_adapter_config
 
     if not is_adapter_folder(name_or_path):
         model = load_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
         return model, load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
-    from peft import PeftModel
-
-    adapter_cfg = json.loads((Path(name_or_path) / "adapter_config.json").read_text())
+    adapter_cfg = read_adapter_config(name_or_path)
     base = adapter_cfg.get("base_model_name_or_path")
-    if not base:
-        raise ConfigError(f"{name_or_path}: adapter_config.json names no base_model_name_or_path")
-    model = PeftModel.from_pretrained(
-        load_model(base, dtype=dtype, trust_remote_code=trust_remote_code), str(name_or_path)
-    )
+    if not base or not isinstance(base, str):
+        raise ConfigError(f"adapter {str(name_or_path)!r}: adapter_config.json names no base_model_name_or_path")
+    model = load_adapter(load_model(base, dtype=dtype, trust_remote_code=trust_remote_code), name_or_path)
     has_tokenizer = (Path(name_or_path) / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(name_or_path if has_tokenizer else base, trust_remote_code=trust_remote_code)
     return model, tokenizer

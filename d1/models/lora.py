@@ -30,6 +30,72 @@ from d1.errors import ConfigError
 LLADA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def read_adapter_config(adapter_path: str | Path) -> dict:
+    """The ``adapter_config.json`` of a peft adapter folder, checked: a JSON object whose ``peft_type`` is
+    one peft knows, and for LoRA a positive integer ``r`` and a numeric ``lora_alpha``. ConfigError naming
+    the folder and the field otherwise (peft itself fails with a KeyError or a TypeError deep inside)."""
+    from peft import PeftType
+
+    from d1.models.loading import read_json_object
+
+    what = f"adapter {str(adapter_path)!r}"
+    file = Path(adapter_path) / ADAPTER_CONFIG
+    if not file.is_file():
+        raise ConfigError(f"{what}: no {ADAPTER_CONFIG} in that folder")
+    data = read_json_object(file, f"{what}: {ADAPTER_CONFIG}")
+    known = [t.value for t in PeftType]
+    peft_type = data.get("peft_type")
+    if peft_type not in known:
+        raise ConfigError(f"{what}: {ADAPTER_CONFIG}: unknown peft_type {peft_type!r} (this pipeline writes "
+                          f"'LORA'; peft knows {', '.join(known[:6])}, ...)")
+    if peft_type == "LORA":
+        r, alpha = data.get("r"), data.get("lora_alpha")
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise ConfigError(f"{what}: {ADAPTER_CONFIG}: r must be a positive integer, got {r!r:.60}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise ConfigError(f"{what}: {ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r:.60}")
+        targets = data.get("target_modules")
+        if not (targets is None or isinstance(targets, str)
+                or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+            raise ConfigError(f"{what}: {ADAPTER_CONFIG}: target_modules must be a list of module names, "
+                              f"got {targets!r:.60}")
+    return data
+
+
+def load_adapter(model: nn.Module, adapter_path: str | Path, *, is_trainable: bool = False) -> Any:
+    """``PeftModel.from_pretrained(model, adapter_path)`` with every problem of the folder a ConfigError
+    naming it: its config (see :func:`read_adapter_config`), missing or unreadable weights (truncated,
+    random bytes), target modules the model lacks, weights of another shape or missing for a target."""
+    import warnings
+
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    from d1.models.loading import check_safetensors_files, one_line
+
+    what = f"adapter {str(adapter_path)!r}"
+    read_adapter_config(adapter_path)
+    folder = Path(adapter_path)
+    if not any((folder / name).is_file() for name in _ADAPTER_WEIGHTS):
+        raise ConfigError(f"{what}: no adapter weights ({' or '.join(_ADAPTER_WEIGHTS)}) in that folder")
+    check_safetensors_files(folder, what)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
+        except (KeyError, TypeError, ValueError, OSError, RuntimeError, SafetensorError) as err:
+            raise ConfigError(f"{what}: cannot load it onto {type(model).__name__} ({one_line(err)})") from None
+    for warning in caught:  # peft only warns when a target module has no weights in the file
+        if "missing adapter keys" in str(warning.message):
+            raise ConfigError(f"{what}: its weights do not fit its {ADAPTER_CONFIG} "
+                              f"({one_line(warning.message, 200)})")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return peft_model
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -118,15 +184,12 @@ def merge_adapter(
     The tokenizer is copied from the adapter folder if it has one, else from the base
     (when it can be loaded). Returns out_dir.
     """
-    from peft import PeftModel
-
     from d1.models.loading import load_hf_model, load_tokenizer
 
     adapter_dir = Path(adapter_path)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ConfigError(f"adapter {str(adapter_path)!r}: no adapter_config.json in that folder")
+    read_adapter_config(adapter_dir)  # a bad adapter folder fails before the (large) base is loaded
     base = load_hf_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = load_adapter(base, adapter_dir).merge_and_unload()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))

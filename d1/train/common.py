@@ -239,9 +239,12 @@ def load_trainable_state(model: torch.nn.Module, path: Path) -> None:
     """Restore the trained weights saved by :func:`save_model_dir` into ``model`` (same structure)."""
     from safetensors.torch import load_file
 
+    from d1.models.loading import check_safetensors_files
+
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{path}: no .safetensors weights in this checkpoint")
+    check_safetensors_files(path, str(path))  # a truncated or foreign file: one error naming it
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))

@@ -59,6 +59,8 @@ class TrainConfigBase:
     adam_eps: float = 1e-8
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # a step whose loss or gradient norm is not finite makes no update; this many in a row stop the run
+    max_nonfinite_steps: int = 3
     lr_scheduler: str = "linear"
     warmup_steps: int = 0  # used when > 0, else ceil(warmup_ratio * total steps)
     warmup_ratio: float = 0.0
@@ -70,6 +72,14 @@ class TrainConfigBase:
     max_steps: int | None = None  # optimiser steps; None: from epochs
 
     # --- checkpoints and logging ------------------------------------------------
+    # "" : checkpoints in <out_dir>/checkpoints, resumed with --resume only. A folder: checkpoints in
+    # <checkpoint_root>/<out_dir>/<fingerprint of config and inputs>, outside the stage's outputs (DVC
+    # deletes those before it runs a stage), and a run with the same fingerprint resumes by itself.
+    checkpoint_root: str = ""
+    keep_old_checkpoints: bool = False  # keep other fingerprints' checkpoints after a run succeeds
+    # a folder or s3://bucket/prefix each checkpoint is copied to (needs checkpoint_root): a run on a
+    # fresh machine resumes from it
+    checkpoint_store: str = ""
     save_steps: int = 100  # a checkpoint every N optimiser steps (0: none but the final model)
     save_total_limit: int | None = 3  # keep the last K checkpoints (None: all)
     logging_steps: int = 1  # dvclive step every N optimiser steps
@@ -111,6 +121,11 @@ class TrainConfigBase:
             fail_at(f"{s}.adam_eps", f"must be > 0, got {self.adam_eps}")
         if not self.weight_decay >= 0:
             fail_at(f"{s}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require_positive(s, "max_nonfinite_steps", self.max_nonfinite_steps)
+        if self.checkpoint_store and not self.checkpoint_root:
+            fail_at(f"{s}.checkpoint_store", "needs checkpoint_root (the store mirrors its checkpoints)")
+        if "://" in self.checkpoint_store and not self.checkpoint_store.startswith("s3://"):
+            fail_at(f"{s}.checkpoint_store", f"{self.checkpoint_store!r}: expected a folder or s3://bucket/prefix")
         if not self.max_grad_norm >= 0:
             fail_at(f"{s}.max_grad_norm", f"must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
         require_one_of(s, "lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)

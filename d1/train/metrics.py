@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from d1.config import write_json_atomic
+from d1.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -35,7 +35,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         if resume_step is None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            clear_metrics_folder(self.directory, where=f"{cfg.SECTION}.logging_dir")
         else:
             _truncate_tsv_after(self.directory / "plots" / "metrics", resume_step)
             summary = self.directory / "metrics.json"
@@ -67,6 +67,36 @@ class MetricsLogger:
             if new:
                 writer.writerow(["step", name.rsplit("/", 1)[-1]])
             writer.writerow([step, value])
+
+
+def clear_metrics_folder(directory: Path, *, where: str) -> None:
+    """Remove the files an earlier run wrote to ``directory`` (``metrics.json``, ``plots/metrics/**.tsv``).
+
+    Anything else there was not written by a training run: ConfigError naming it, and
+    nothing is removed (a mistyped ``logging_dir`` must never delete a user's files).
+    """
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"{where}: {directory} is a file, not a folder")
+    ours, foreign = [], []
+    for path in sorted(directory.rglob("*")):
+        if path.is_dir():
+            continue
+        rel = path.relative_to(directory).as_posix()
+        mine = rel == "metrics.json" or (rel.startswith("plots/metrics/") and rel.endswith(".tsv"))
+        (ours if mine else foreign).append(path)
+    if foreign:
+        raise ConfigError(f"{where}: {directory} holds files a training run did not write "
+                          f"({foreign[0].relative_to(directory)}"
+                          f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); "
+                          "choose an empty or new folder")
+    for path in ours:
+        path.unlink()
+    for folder in sorted((p for p in directory.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                         reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _set_nested(tree: dict, name: str, value: float) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import shutil
+import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from d1.train.checkpoints import Checkpointer, checkpoint_root
+from d1.config import atomic_dir
+from d1.errors import TrainingError
+from d1.train.checkpoints import Checkpointer
 from d1.train.common import (
     MODEL_DIR,
     StepCallback,
@@ -51,14 +54,31 @@ class TrainingRun:
         self.rank = self.accelerator.process_index
         self.num_processes = self.accelerator.num_processes
         self.checkpointer = Checkpointer(cfg, self.accelerator, stage)
-        self.resume_state = self.checkpointer.find() if resume else None
-        if resume and self.resume_state is None:
-            log.info("%s: no checkpoint in %s; starting from scratch", stage, checkpoint_root(cfg.out_dir))
-        if self.resume_state is None:
-            self.checkpointer.clear()
+        automatic = self.checkpointer.automatic
+        self.resume_state = self.checkpointer.find() if (resume or automatic) else None
+        where = self.checkpointer.root
+        if self.resume_state is not None:
+            self._say(f"{stage}: resuming from step {self.resume_state.step} ({self.resume_state.path})")
+        elif automatic:
+            self._say(f"{stage}: no checkpoint of this config and these inputs in {where}; starting from step 0")
+        elif resume:
+            self._say(f"{stage}: --resume, but no checkpoint in {where}; starting from step 0")
+        if self.resume_state is None and not automatic:
+            self.checkpointer.clear()  # a fresh run must not resume into an earlier run's checkpoints later
         self.model = self.optimizer = self.scheduler = self.logger = None
         self.total_steps = 0
         self.grad_norm: float | None = None
+        # the non-finite guard: this step's update skipped; skipped steps in all and in a row
+        self.update_skipped = False
+        self.nonfinite_loss = False
+        self.skipped_steps = 0
+        self.skipped_in_a_row = 0
+
+    def _say(self, message: str) -> None:
+        """One line on stderr (the stage's log) and in the Python log, from the main process."""
+        if self.accelerator.is_main_process:
+            log.info(message)
+            print(message, file=sys.stderr, flush=True)
 
     @property
     def is_main(self) -> bool:
@@ -77,6 +97,8 @@ class TrainingRun:
             self.checkpointer.restore(self.resume_state, model=self.model, optimizer=self.optimizer,
                                       scheduler=self.scheduler)
             start = self.resume_state.step
+            if self.is_main:  # the metrics up to the checkpoint (DVC deleted the logging folder with the outputs)
+                self.checkpointer.restore_metrics(self.resume_state)
         self.logger = MetricsLogger(cfg, self.accelerator, resume_step=start if self.resume_state else None)
         write_run_config(cfg, self.accelerator)
         return start
@@ -94,15 +116,28 @@ class TrainingRun:
                 yield
 
     def backward(self, loss: torch.Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self.nonfinite_loss = True
         self.accelerator.backward(loss)
 
     def optimizer_step(self) -> None:
-        """Call inside :meth:`micro_step` after backward: clip + step on the last micro-batch only."""
+        """Call inside :meth:`micro_step` after backward: clip + step on the last micro-batch only.
+
+        The non-finite guard: when a micro-batch's loss or the step's gradient norm is not
+        finite, the step makes no update (gradients dropped, scheduler not stepped) and
+        :meth:`end_step` counts it.
+        """
         acc = self.accelerator
         if acc.sync_gradients:
             max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
             norm = acc.clip_grad_norm_(trainable_parameters(self.model), max_norm)
             self.grad_norm = float(norm) if norm is not None else None
+            nonfinite_norm = self.grad_norm is not None and not math.isfinite(self.grad_norm)
+            self.update_skipped = self.nonfinite_loss or nonfinite_norm
+            self.nonfinite_loss = False
+            if self.update_skipped:
+                self.optimizer.zero_grad(set_to_none=True)
+                return
         self.optimizer.step()
         if acc.sync_gradients and not acc.optimizer_step_was_skipped:  # fp16 overflow skips the step
             self.scheduler.step()
@@ -116,14 +151,39 @@ class TrainingRun:
                  extra_state: dict | None = None, extra_files: Callable[[], dict] | None = None) -> None:
         """After optimiser step ``step`` (0-based) is done: log, call back, checkpoint at multiples of save_steps."""
         done = step + 1
+        self._count_nonfinite(done, metrics)
         if done % self.cfg.logging_steps == 0 or done == self.total_steps:
             self.logger.log(done, metrics)
         for callback in callbacks:
             callback(done, metrics)
         if self.cfg.save_steps and (done % self.cfg.save_steps == 0 or done == self.total_steps):
+            self.check_finite_weights(done)
             self.checkpointer.save(done, model=self.model, tokenizer=tokenizer, optimizer=self.optimizer,
                                    scheduler=self.scheduler, extra_state=extra_state,
                                    extra_files=extra_files() if extra_files else None)
+
+    def _count_nonfinite(self, done: int, metrics: dict) -> None:
+        """Count a skipped update in ``metrics``; stop the run after ``max_nonfinite_steps`` in a row."""
+        if self.update_skipped:
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+        else:
+            self.skipped_in_a_row = 0
+        self.update_skipped = False
+        metrics["train/nonfinite_skipped"] = self.skipped_steps
+        limit = self.cfg.max_nonfinite_steps
+        if self.skipped_in_a_row >= limit:
+            raise TrainingError(
+                f"{self.stage}: step {done}: loss or gradient norm not finite for {limit} steps in a row "
+                f"(lr {self.cfg.lr:g}; {self.cfg.SECTION}.max_nonfinite_steps={limit}); stopped, nothing saved "
+                "from these weights")
+
+    def check_finite_weights(self, done: int) -> None:
+        """TrainingError when a trainable weight is not finite: nothing is ever saved from such weights."""
+        for name, param in self.unwrapped.named_parameters():
+            if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+                raise TrainingError(f"{self.stage}: step {done}: weight {name} is not finite "
+                                    f"(lr {self.cfg.lr:g}); stopped, nothing saved from these weights")
 
     def finish(self) -> dict:
         self.accelerator.wait_for_everyone()
@@ -140,10 +200,15 @@ def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool)
     model = run.unwrapped
     lora = is_peft(model)
     target = out / MODEL_DIR
+    run.check_finite_weights(run.total_steps)
     acc.wait_for_everyone()
     if acc.is_main_process:
+        # Each folder is filled under a temporary name and renamed (atomic_dir): a run killed while
+        # saving leaves no model folder a later stage or `dvc commit` could take as complete.
         if lora and merge:
-            adapter_dir = save_model_dir(model, tokenizer, out / "adapter")
+            adapter_dir = out / "adapter"
+            with atomic_dir(adapter_dir) as tmp:
+                save_model_dir(model, tokenizer, tmp)
             # Free the training copy first: merging reloads the base (8B on GPU).
             run.model = run.optimizer = None
             del model
@@ -152,15 +217,18 @@ def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool)
                 torch.cuda.empty_cache()
             from d1.models.lora import merge_adapter
 
-            shutil.rmtree(target, ignore_errors=True)
             cfg = run.cfg
-            merge_adapter(base_path, str(adapter_dir), str(target),
-                          dtype=resolve_model_dtype(cfg.model_dtype, run.device),
-                          trust_remote_code=cfg.trust_remote_code)
-            if tokenizer is not None and not (target / "tokenizer_config.json").exists():
-                tokenizer.save_pretrained(str(target))
+            with atomic_dir(target) as tmp:
+                merge_adapter(base_path, str(adapter_dir), str(tmp),
+                              dtype=resolve_model_dtype(cfg.model_dtype, run.device),
+                              trust_remote_code=cfg.trust_remote_code)
+                if tokenizer is not None and not (tmp / "tokenizer_config.json").exists():
+                    tokenizer.save_pretrained(str(tmp))
         else:
-            shutil.rmtree(target, ignore_errors=True)
-            save_model_dir(model, tokenizer, target)
+            with atomic_dir(target) as tmp:
+                save_model_dir(model, tokenizer, tmp)
+        # The stage succeeded: checkpoints kept under other fingerprints are stale.
+        for path in run.checkpointer.remove_other_fingerprints():
+            run._say(f"{run.stage}: removed the checkpoints of an earlier config or input ({path})")
     acc.wait_for_everyone()
     return target

@@ -23,9 +23,8 @@ def _profile_pools(root: Path, profile: str) -> set[str]:
 
 
 def _deployment_pool(stack: LocalStack, deployment: str) -> str:
-    from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(stack.api_url) as client:
+    with stack.client() as client:
         pool = client.read_deployment_by_name(deployment).work_pool_name
     if not pool:
         raise StackError(f"deployment {deployment} has no work pool")

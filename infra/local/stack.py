@@ -13,6 +13,7 @@ stack and report) is infra.local.oneshot.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -145,7 +146,20 @@ class LocalStack:
         })
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.update(self.extra_env)
+        if env.get("PREFECT_SERVER_API_AUTH_STRING") and not env.get("PREFECT_API_AUTH_STRING"):
+            env["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"]  # our clients and workers
         return env
+
+    @property
+    def auth_string(self) -> str | None:
+        """``user:password`` the server requires (``PREFECT_SERVER_API_AUTH_STRING``), or None."""
+        return self.env().get("PREFECT_API_AUTH_STRING") or None
+
+    def client(self):
+        """A Prefect client of this stack's server (with its auth string, if it has one)."""
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.api_url, auth_string=self.auth_string)
 
     def _prefect(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "prefect", *args]
@@ -170,8 +184,12 @@ class LocalStack:
     def healthy(self) -> bool:
         if not self.port:
             return False
+        request = urllib.request.Request(f"{self.api_url}/health")
+        if self.auth_string:
+            token = base64.b64encode(self.auth_string.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return r.status == 200
         except (OSError, urllib.error.URLError):
             return False
@@ -186,7 +204,9 @@ class LocalStack:
             return
         self.port = _free_port(self.port or DEFAULT_PORT)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "home").mkdir(exist_ok=True)
+        home = self.state_dir / "home"
+        home.mkdir(exist_ok=True)
+        home.chmod(0o700)  # the database (flow parameters, logs, artifacts) is its owner's alone
         server = self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
         self._write_state({"port": self.port, "processes": [*self.processes(), server]})
         deadline = time.monotonic() + timeout
@@ -202,13 +222,12 @@ class LocalStack:
 
     def create_pools(self, pools: Sequence[str] = POOLS) -> None:
         """Create the process work pools that do not exist yet."""
-        from prefect.client.orchestration import SyncPrefectClient
         from prefect.client.schemas.actions import WorkPoolCreate
         from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
         from prefect.workers.process import ProcessWorker
 
         template = ProcessWorker.get_default_base_job_template()
-        with SyncPrefectClient(self.api_url) as client:
+        with self.client() as client:
             for pool in pools:
                 try:
                     client.read_work_pool(pool)
@@ -283,9 +302,8 @@ class LocalStack:
         return found[-1]
 
     def flow_run(self, flow_run_id: str):
-        from prefect.client.orchestration import SyncPrefectClient
 
-        with SyncPrefectClient(self.api_url) as client:
+        with self.client() as client:
             return client.read_flow_run(flow_run_id)
 
     def wait(self, flow_run_id: str, timeout: float, poll: float = 2.0):

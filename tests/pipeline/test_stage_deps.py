@@ -1,9 +1,9 @@
 """dvc.yaml lists, for every stage, exactly the d1 modules its command runs.
 
 A stage's modules are the import closure (read from the source, so imports
-inside functions count) of what ``d1 <stage>`` runs: ``d1/cli.py`` and its
-stage runner (``d1.config``, ``d1.provenance``), and the stage's config class
-and runner modules from ``d1.cli.STAGES``. A package ``__init__``'s
+inside functions count) of what ``d1 <stage>`` runs: ``d1/cli.py``, what it
+imports at module level and in its stage runner ``_cmd_stage``, and the
+stage's config class and runner modules from ``d1.cli.STAGES``. A package ``__init__``'s
 ``__getattr__`` (a lazy re-export, run only when that name is looked up) does
 not count. Complete: every module reached is a dependency (a file, or a folder
 holding it). Precise: every ``d1/`` dependency is reached (a folder only when
@@ -21,7 +21,6 @@ import yaml
 from d1.cli import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE_RUNNER = ("d1.config", "d1.provenance")  # what d1/cli.py's stage command imports before the stage's own
 
 
 def module_file(name: str) -> Path | None:
@@ -71,9 +70,24 @@ def import_closure(entries: list[str]) -> set[str]:
     return {path.relative_to(REPO).as_posix() for path in seen.values()}
 
 
+def stage_runner_imports() -> list[str]:
+    """What d1/cli.py imports at module level and in ``_cmd_stage`` (the code every stage command runs)."""
+    path = REPO / "d1" / "cli.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    runner = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_cmd_stage")
+    nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))] + list(ast.walk(runner))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("d1"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("d1"))
+    return sorted(found)
+
+
 def stage_modules(command: str) -> set[str]:
     config_ref, runner_ref, _, _ = STAGES[command]
-    entries = [*STAGE_RUNNER, config_ref.partition(":")[0], runner_ref.partition(":")[0]]
+    entries = [*stage_runner_imports(), config_ref.partition(":")[0], runner_ref.partition(":")[0]]
     return import_closure(entries) | {"d1/cli.py"}
 
 
@@ -137,6 +151,10 @@ def test_the_check_finds_a_missing_and_a_superfluous_dependency():
     problems = dependency_problems(extra, modules)
     assert "depends on d1/train/grpo.py, never runs it" in problems
     assert any(p.startswith("depends on folder d1/train, never runs") and "d1/train/grpo.py" in p for p in problems)
+
+
+def test_the_stage_runner_imports_are_read_from_the_cli():
+    assert {"d1.config", "d1.provenance", "d1.locks", "d1.progress", "d1.errors"} <= set(stage_runner_imports())
 
 
 def test_import_closure_follows_function_level_imports_but_not_lazy_reexports():

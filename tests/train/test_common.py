@@ -86,3 +86,24 @@ def test_truncate_tsv_drops_rows_logged_after_the_checkpoint(tmp_path):
     path.write_text("step\tloss\n1\t3.0\n2\t2.0\n3\t1.5\n4\t1.0\n")
     _truncate_tsv_after(tmp_path, 2)
     assert path.read_text() == "step\tloss\n1\t3.0\n2\t2.0\n"
+
+
+def test_a_fresh_run_clears_only_the_metrics_files_it_writes(tmp_path):
+    from d1.errors import ConfigError
+    from d1.train.metrics import clear_metrics_folder
+
+    ours = tmp_path / "dvclive"
+    (ours / "plots" / "metrics" / "train").mkdir(parents=True)
+    (ours / "metrics.json").write_text("{}")
+    (ours / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n")
+    clear_metrics_folder(ours, where="sft.logging_dir")
+    assert not (ours / "metrics.json").exists() and not (ours / "plots").exists()
+
+    foreign = tmp_path / "papers"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    (foreign / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"sft.logging_dir: .*papers holds files a training run did not write "
+                                          r"\(thesis.tex\); choose an empty or new folder"):
+        clear_metrics_folder(foreign, where="sft.logging_dir")
+    assert (foreign / "thesis.tex").read_text() == "years of work" and (foreign / "metrics.json").exists()
