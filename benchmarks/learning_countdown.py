@@ -116,11 +116,13 @@ SFT = {
 }
 GRPO = {
     "tasks": [TASK], "full_finetune": True,
-    "num_generations": 8, "generation_batch_size": 64, "gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH,
+    "num_generations": 8, "generation_batch_size": 64,
+    # the rollout sampler (d1.generation.SamplerConfig: grpo.sampler)
+    "sampler": {"gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "steps": 16, "temperature": 0.9},
     # p_mask_prompt 0 (d1: 0.15): the prompt's few number tokens are the whole puzzle; masking
     # one hides it from the estimator (measured: +2.8 vs +0.4 points from the same SFT model,
     # research/README.md)
-    "diffusion_steps": 16, "temperature": 0.9, "beta": 0.04, "epsilon": 0.5, "p_mask_prompt": 0.0,
+    "beta": 0.04, "epsilon": 0.5, "p_mask_prompt": 0.0,
     "num_iterations": 4, "lr": 1e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 1,
     "batch_size": 16, "grad_accum": 4, "max_grad_norm": 0.2, "weight_decay": 0.1,
     "save_steps": 0, "logging_steps": 1, "device": "cpu", "max_prompt_length": 64,
@@ -274,16 +276,23 @@ def steps_for_budget(kind: str, budget: float, out: Path, seed: int, model_path:
 
 
 def apply_settings(items: list[str]) -> None:
-    """Apply ``STAGE.KEY=YAML`` overrides to the settings above (recorded in results.json)."""
+    """Apply ``STAGE.KEY=YAML`` overrides to the settings above (recorded in results.json); KEY may be
+    dotted into a nested section (``grpo.sampler.temperature=1.3``)."""
     import yaml
 
     tables = {"pretrain": PRETRAIN, "sft": SFT, "grpo": GRPO, "generator": GENERATOR}
     for item in items:
         key, sep, value = item.partition("=")
         stage, _, name = key.partition(".")
-        if not sep or stage not in tables or not name:
+        parts = name.split(".")
+        if not sep or stage not in tables or not all(parts):
             raise SystemExit(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE in {', '.join(tables)}")
-        tables[stage][name] = yaml.safe_load(value)
+        node = tables[stage]
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SystemExit(f"--set {item!r}: {stage}.{part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
 
 
 def pct(x: float) -> str:
@@ -345,9 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
     EVAL_STEPS = args.eval_steps or GEN_LENGTH // 2
     # Rollouts use the evaluation's sampler settings unless --set says otherwise.
     explicit = {item.partition("=")[0] for item in args.set}
-    for key, value in (("gen_length", GEN_LENGTH), ("block_length", BLOCK_LENGTH), ("diffusion_steps", EVAL_STEPS)):
-        if f"grpo.{key}" not in explicit:
-            GRPO[key] = value
+    for key, value in (("gen_length", GEN_LENGTH), ("block_length", BLOCK_LENGTH), ("steps", EVAL_STEPS)):
+        if f"grpo.sampler.{key}" not in explicit:
+            GRPO["sampler"][key] = value
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -95,15 +95,25 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[C], data: dict, where: str) -> C:
-    """Build dataclass ``cls`` from ``data``; unknown keys and bad types are ConfigErrors."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad types are ConfigErrors.
+
+    A key the class lists in ``MOVED_KEYS`` (old name -> new dotted path inside the
+    section) is an error saying where it went (``grpo.diffusion_steps: moved to
+    grpo.sampler.steps``). A nested section whose field defaults to a dataclass
+    instance (``grpo.sampler``) starts from that default: the keys it names replace
+    the default's, the others keep it.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    moved = getattr(cls, "MOVED_KEYS", {})
+    for key in sorted(k for k in data if k in moved and k not in fields):
+        raise ConfigError(f"{where}.{key}: moved to {where}.{moved[key]}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"
         )
-    kwargs = {k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: _check(_over_default(fields[k], v), hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -112,6 +122,17 @@ def from_dict(cls: type[C], data: dict, where: str) -> C:
         except ConfigError as exc:
             raise ConfigError(_rebase_message(str(exc), getattr(cls, "SECTION", ""), where)) from None
     return obj
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` (a mapping) over the field's default when that default is a dataclass instance."""
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default) or isinstance(default, type):
+        return value
+    init = {g.name for g in dataclasses.fields(default) if g.init}
+    return {**{k: v for k, v in dataclasses.asdict(default).items() if k in init}, **value}
 
 
 def _rebase_message(message: str, section: str, where: str) -> str:

@@ -2,10 +2,10 @@
 
 For every (task, gen_length) it writes a d1-format generations file
 ``{task}_{model_name}_{gen_length}_{steps}_0_generations.json`` (re-scorable
-by ``d1 score`` / ``d1 score-dir``; a superset of d1's format with the prompt
-and the per-item score added) and, for all settings, ``metrics.json``
-(``{task: {gen_length: {accuracy, correct, total, n}}}``) plus the resolved
-config.
+by ``d1 score`` / ``d1 score-dir``; a superset of d1's format with the prompt,
+the per-item score and the other sampler settings added) and, for all
+settings, ``metrics.json`` (``{task: {gen_length: {accuracy, correct, total,
+n}}}``) plus the resolved config.
 
 One DVC eval cell is one (model, task, gen_length): ``model_name`` picks the
 model from ``models`` (label -> Hub id or folder, ``{task}`` replaced by the
@@ -15,11 +15,13 @@ generations apart from ``metrics.json`` (so DVC can track the latter as a
 metric). With the defaults, one run still covers every task and length.
 
 Protocol as d1's ``eval/eval.py``: greedy (temperature 0), block length 32,
-steps = gen_length / 2, low-confidence remasking, the eval prompt of each task
-with the chat template and ``<reasoning>`` prefilled. Deviations: d1 scores a
-random subsample of 256 Countdown/Sudoku items; ``limit`` takes the first N so
-runs are comparable without a seed; the stored completion stops after the first
-EOS token (d1 kept the padding EOS tokens; scores do not depend on them).
+steps = gen_length / 2, low-confidence remasking (the ``eval.sampler`` defaults,
+:class:`d1.generation.SamplerConfig`, the section GRPO's rollouts use too), the
+eval prompt of each task with the chat template and ``<reasoning>`` prefilled.
+Deviations: d1 scores a random subsample of 256 Countdown/Sudoku items;
+``limit`` takes the first N so runs are comparable without a seed; the stored
+completion stops after the first EOS token (d1 kept the padding EOS tokens;
+scores do not depend on them).
 """
 
 from __future__ import annotations
@@ -34,21 +36,29 @@ import torch
 
 from d1.config import write_json_atomic, write_resolved
 from d1.errors import ConfigError
-from d1.generation import generate, left_pad
+from d1.generation import SamplerConfig, generate, left_pad
 from d1.models.chat import prompt_text
 from d1.prepare import read_split
 from d1.progress import progress
 from d1.tasks import available_tasks, get_task
 from d1.tasks.base import Example, Task
 
-REMASKING = ("low_confidence", "random")
-
 
 @dataclass
 class EvalConfig:
-    """Settings of one evaluation run (params.yaml section ``eval``)."""
+    """Settings of one evaluation run (params.yaml section ``eval``).
+
+    ``sampler``: the sampler settings (:class:`d1.generation.SamplerConfig`) but its
+    ``gen_length``, which stays null: the lengths are ``gen_lengths`` (the DVC matrix
+    axis). Its ``steps`` (null: gen_length / 2) names the generations files.
+    """
 
     SECTION: ClassVar[str] = "eval"
+    # the sampler's settings moved into the shared `sampler` section (d1.config names the new key)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "block_length": "sampler.block_length", "steps": "sampler.steps", "temperature": "sampler.temperature",
+        "cfg_scale": "sampler.cfg_scale", "remasking": "sampler.remasking",
+    }
 
     model: str = "outputs/sft/model"
     model_name: str = "model"  # label in file names and tables (base, sft, d1, ...)
@@ -60,11 +70,8 @@ class EvalConfig:
     generations_dir: str | None = None  # where the generations files go (None: out_dir)
     tasks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "countdown", "sudoku"])
     gen_lengths: list[int] = field(default_factory=lambda: [128, 256, 512])
-    block_length: int = 32
-    steps: int | None = None  # None: gen_length // 2 (the paper's setting)
-    temperature: float = 0.0
-    cfg_scale: float = 0.0
-    remasking: str = "low_confidence"
+    # greedy, block 32, steps null = gen_length // 2 (the paper's setting); gen_length must stay null
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     add_reasoning: bool = True  # prefill "<reasoning>" after the chat template, as d1
     # "eval": d1's evaluation prompts and scorer (the paper's protocol); "train": the training
     # prompt (what SFT and GRPO condition on), scored from the answer block of the training
@@ -90,20 +97,14 @@ class EvalConfig:
             raise ConfigError("eval.tasks: no task given")
         if not self.gen_lengths:
             raise ConfigError("eval.gen_lengths: no length given")
-        for n in self.gen_lengths:
-            if n <= 0 or n % self.block_length:
-                raise ConfigError(f"eval.gen_lengths: {n} is not a positive multiple of block_length {self.block_length}")
-            steps = self.steps_for(n)
-            if steps <= 0 or steps % (n // self.block_length):
-                raise ConfigError(f"eval.steps: {steps} steps do not split evenly over the {n // self.block_length} blocks of length {n}")
+        if self.sampler.gen_length is not None:
+            raise ConfigError(f"eval.sampler.gen_length: must be null in eval (the lengths come from "
+                              f"eval.gen_lengths), got {self.sampler.gen_length}")
+        self.sampler.validate("eval.sampler", gen_lengths=self.gen_lengths, lengths_key="eval.gen_lengths")
         if self.prompt not in ("eval", "train"):
             raise ConfigError(f"eval.prompt: {self.prompt!r} is not eval or train")
-        if self.remasking not in REMASKING:
-            raise ConfigError(f"eval.remasking: {self.remasking!r} is not one of {', '.join(REMASKING)}")
         if self.batch_size <= 0:
             raise ConfigError(f"eval.batch_size: must be positive, got {self.batch_size}")
-        if self.temperature < 0:
-            raise ConfigError(f"eval.temperature: must be >= 0, got {self.temperature}")
         # Limits of tasks not evaluated in this run are ignored (a profile's limits cover all its eval cells).
         for name, n in self.limit.items():
             if name not in available_tasks() or n <= 0:
@@ -129,7 +130,8 @@ class EvalConfig:
         return template.replace("{task}", self.tasks[0])
 
     def steps_for(self, gen_length: int) -> int:
-        return self.steps if self.steps is not None else gen_length // 2
+        """Sampler steps at ``gen_length``: ``sampler.steps``, or gen_length // 2 when null."""
+        return self.sampler.steps_for(gen_length)
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -162,10 +164,13 @@ def decode_completion(tokenizer, token_ids: list[int], eos_id: int | Sequence[in
 def generate_completions(
     model, tokenizer, prompts: list[str], *, mask_id: int, eos_id: int, pad_id: int, gen_length: int,
     block_length: int, steps: int, temperature: float = 0.0, cfg_scale: float = 0.0,
-    remasking: str = "low_confidence", batch_size: int = 8, generator: torch.Generator | None = None,
-    device: torch.device | None = None, desc: str = "generate", stop_ids: Sequence[int] | None = None,
+    remasking: str = "low_confidence", cache: str = "none", threshold: float | None = None, batch_size: int = 8,
+    generator: torch.Generator | None = None, device: torch.device | None = None, desc: str = "generate",
+    stop_ids: Sequence[int] | None = None,
 ) -> list[str]:
     """Completions for ``prompts`` with the shared sampler, batched with left padding.
+
+    The sampler arguments are :func:`d1.generation.generate`'s (``**SamplerConfig.generate_kwargs(n)``).
 
     Each completion is cut after its first ``eos_id`` (d1), or after the first of
     ``stop_ids`` when given (e.g. ``[eos_id, eot_id]``: the end of the assistant's
@@ -182,7 +187,8 @@ def generate_completions(
         ids, mask = ids.to(device), mask.to(device)
         seqs = generate(
             model, ids, gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
-            cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, attention_mask=mask, generator=generator,
+            cfg_scale=cfg_scale, remasking=remasking, cache=cache, threshold=threshold, mask_id=mask_id,
+            attention_mask=mask, generator=generator,
         )
         for row, i in enumerate(idx):
             out[i] = decode_completion(tokenizer, seqs[row, ids.shape[1]:].tolist(),
@@ -195,7 +201,7 @@ def evaluate_task(
     ids: Any, device: torch.device, generator: torch.Generator,
 ) -> tuple[dict, dict]:
     """Generate + score one (task, gen_length): (d1-format file content, metrics)."""
-    steps = cfg.steps_for(gen_length)
+    sampler = cfg.sampler.generate_kwargs(gen_length)
     for_eval = cfg.prompt == "eval"
     prompts = [build_prompt(task, ex, tokenizer, add_reasoning=cfg.add_reasoning, for_eval=for_eval)
                for ex in examples]
@@ -203,9 +209,7 @@ def evaluate_task(
     t0 = time.perf_counter()
     completions = generate_completions(
         model, tokenizer, prompts, mask_id=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id,
-        gen_length=gen_length, block_length=cfg.block_length, steps=steps, temperature=cfg.temperature,
-        cfg_scale=cfg.cfg_scale, remasking=cfg.remasking, batch_size=cfg.batch_size, generator=generator,
-        device=device, desc=f"{task.name}@{gen_length}",
+        **sampler, batch_size=cfg.batch_size, generator=generator, device=device, desc=f"{task.name}@{gen_length}",
         stop_ids=ids.end_of_turn_ids() if cfg.stop_at_end_of_turn else [ids.eos_id],
     )
     wall = time.perf_counter() - t0
@@ -219,8 +223,10 @@ def evaluate_task(
     metrics = {"accuracy": 100.0 * correct / total if total else 0.0, "correct": correct, "total": total,
                "n": len(items), "wall_time_s": round(wall, 3)}
     content = {"generations": items, "metrics": {"wall_time": wall, "total_processed": len(items), **metrics},
-               "model_path": cfg.model, "gen_length": gen_length, "diffusion_steps": steps,
-               "block_length": cfg.block_length}
+               "model_path": cfg.model, "gen_length": gen_length, "diffusion_steps": sampler["steps"],
+               "block_length": sampler["block_length"],
+               # the other sampler settings, so the file says how it was generated (cache/threshold: Fast-dLLM)
+               **{k: sampler[k] for k in ("temperature", "cfg_scale", "remasking", "cache", "threshold")}}
     return content, metrics
 
 

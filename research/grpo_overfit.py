@@ -28,7 +28,7 @@ import learning_countdown as lc  # noqa: E402
 
 from d1.algo.grpo import completion_mask  # noqa: E402
 from d1.data.io import write_jsonl  # noqa: E402
-from d1.generation import generate  # noqa: E402
+from d1.generation import SamplerConfig, generate  # noqa: E402
 from d1.prepare import read_split  # noqa: E402
 from d1.tasks import get_task  # noqa: E402
 
@@ -46,9 +46,8 @@ def pick_puzzles(model_dir: Path, examples: list, n: int, *, seed: int, settings
     chosen = []
     for ex in examples:
         prompt = tokenizer(prompt_text(tokenizer, task, ex), return_tensors="pt", add_special_tokens=False).input_ids
-        out = generate(model, prompt.repeat(8, 1), gen_length=settings["gen_length"],
-                       block_length=settings["block_length"], steps=settings["diffusion_steps"],
-                       temperature=settings["temperature"], mask_id=ids.mask_id, generator=generator)
+        out = generate(model, prompt.repeat(8, 1), **SamplerConfig(**settings["sampler"]).generate_kwargs(),
+                       mask_id=ids.mask_id, generator=generator)
         completions = out[:, prompt.shape[1]:]
         keep = completion_mask(completions, ids.end_of_turn_ids())
         solved = sum(task.reward(tokenizer.decode(row[:int(k.sum())], skip_special_tokens=True), ex).total == 1.0
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = sft_from / "sft" / "model"
     if not model_dir.is_dir():
         raise SystemExit(f"--sft-from {args.sft_from}: no SFT model at {model_dir}")
-    lc.apply_settings([f"grpo.block_length={args.block_length}", f"grpo.diffusion_steps={args.steps_per_answer}",
+    lc.apply_settings([f"grpo.sampler.block_length={args.block_length}", f"grpo.sampler.steps={args.steps_per_answer}",
                        *args.overrides])
     examples = read_split(sft_from / "data", lc.TASK, "train")
     chosen = pick_puzzles(model_dir, examples, args.prompts, seed=args.seed, settings=lc.GRPO)

@@ -38,8 +38,24 @@ from d1.report import read_curve  # noqa: E402
 from d1.stats import paired_gain  # noqa: E402
 
 # settings that must agree for the two runs to see the same prompts and rollout noise
-SAME = ("seed", "tasks", "num_generations", "generation_batch_size", "num_iterations", "gen_length",
-        "block_length", "diffusion_steps", "temperature", "max_steps")
+SAME = ("seed", "tasks", "num_generations", "generation_batch_size", "num_iterations", "max_steps")
+# ... and the rollout sampler's (grpo.sampler; a grpo_config.json written before that section held the
+# first four flat, steps as diffusion_steps, and the others at these defaults)
+SAMPLER_DEFAULTS = {"gen_length": None, "block_length": None, "steps": None, "temperature": None, "cfg_scale": 0.0,
+                    "remasking": "low_confidence", "cache": "none", "threshold": None}
+FLAT_SAMPLER_KEYS = {"gen_length": "gen_length", "block_length": "block_length", "diffusion_steps": "steps",
+                     "temperature": "temperature", "cfg_scale": "cfg_scale", "remasking": "remasking"}
+
+
+def compared_settings(config: dict) -> dict:
+    """The settings of a grpo_config.json (either layout) that must agree: SAME, then ``sampler.<key>``."""
+    sampler = config.get("sampler")
+    if not isinstance(sampler, dict):
+        sampler = {new: config[old] for old, new in FLAT_SAMPLER_KEYS.items() if old in config}
+    sampler = {**SAMPLER_DEFAULTS, **sampler}
+    if sampler["steps"] is None and isinstance(sampler["gen_length"], int):
+        sampler["steps"] = sampler["gen_length"] // 2  # null: the d1 rule
+    return {**{k: config.get(k) for k in SAME}, **{f"sampler.{k}": v for k, v in sampler.items()}}
 
 
 def grpo_dir(path: Path) -> Path:
@@ -74,7 +90,8 @@ def round_rewards(run: Path, num_iterations: int) -> list[float]:
 def compare(run: Path, control: Path, window: int, from_round: int = 1) -> dict:
     run, control = grpo_dir(run), grpo_dir(control)
     cfg_run, cfg_ctl = (json.loads((d / "grpo_config.json").read_text(encoding="utf-8")) for d in (run, control))
-    differ = {k: (cfg_run.get(k), cfg_ctl.get(k)) for k in SAME if cfg_run.get(k) != cfg_ctl.get(k)}
+    same_run, same_ctl = compared_settings(cfg_run), compared_settings(cfg_ctl)
+    differ = {k: (same_run[k], same_ctl[k]) for k in same_run if same_run[k] != same_ctl[k]}
     if differ:
         raise SystemExit("the runs differ in " + ", ".join(f"{k} ({a!r} vs {b!r})" for k, (a, b) in differ.items())
                          + ": they would not sample the same prompts")

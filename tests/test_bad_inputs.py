@@ -292,7 +292,12 @@ CASES = [
     Case("eval-model-name-not-in-models", lambda t, a: _micro(a, "eval", "model_name=other"),
          r"micro\.eval\.model_name: 'other' is not one of the models of eval\.models \(base, d1, sft\)$"),
     Case("eval-gen-length-not-multiple", lambda t, a: _micro(a, "eval", "gen_lengths=[50]"),
-         r"micro\.eval\.gen_lengths: 50 is not a positive multiple of block_length 32$"),
+         r"micro\.eval\.gen_lengths: 50 is not a positive multiple of the sampler's block_length 32$"),
+    Case("param-moved-key", lambda t, a: _micro(a, "grpo", "diffusion_steps=8"),
+         r"micro\.grpo\.diffusion_steps: moved to micro\.grpo\.sampler\.steps$"),
+    Case("grpo-replay-with-threshold", lambda t, a: _micro(a, "grpo", "logp_estimator=replay", "sampler.threshold=0.9"),
+         r"micro\.grpo\.sampler\.threshold: must be null with logp_estimator replay \(it replays the sampler's "
+         r"fixed step schedule\), got 0\.9$"),
     # --- data files
     Case("data-missing-file", lambda t, a: ["prepare", "--params", _flat_params(t, "prepare", {
         "out_dir": str(t / "prepared"), "tasks": {"gsm8k": {"train": str(t / "none.jsonl"), "test": "builtin"}}})],

@@ -44,7 +44,7 @@ def tiny_setup(tmp_path_factory):
 
 def _cfg(root, data, model_dir, **kw):
     values = {"model": str(model_dir), "model_name": "tiny", "data_dir": str(data), "out_dir": str(root / "out"),
-              "tasks": ["countdown", "sudoku"], "gen_lengths": [8, 16], "block_length": 8, "batch_size": 2}
+              "tasks": ["countdown", "sudoku"], "gen_lengths": [8, 16], "sampler": {"block_length": 8}, "batch_size": 2}
     values.update(kw)
     return from_dict(EvalConfig, values, "eval")
 
@@ -62,6 +62,8 @@ def test_eval_writes_rescorable_files(tiny_setup):
     f = out / "countdown_tiny_16_8_0_generations.json"
     content = json.loads(f.read_text())
     assert content["gen_length"] == 16 and content["diffusion_steps"] == 8 and len(content["generations"]) == 5
+    assert content["block_length"] == 8 and (content["cache"], content["threshold"], content["temperature"]) == (
+        "none", None, 0.0)
     assert score_files("countdown", [f])["n"] == 5
     assert metrics["sudoku"]["8"]["total"] > 3  # cell-level denominator
 
@@ -86,10 +88,14 @@ def test_eval_is_deterministic_and_adapter_folders_load(tiny_setup, tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"gen_lengths": [12]}, "eval.gen_lengths: 12 is not a positive multiple of block_length 8"),
-    ({"steps": 3, "gen_lengths": [16]}, "eval.steps: 3 steps do not split evenly"),
+    ({"gen_lengths": [12]}, "eval.gen_lengths: 12 is not a positive multiple of the sampler's block_length 8"),
+    ({"sampler": {"block_length": 8, "steps": 3}, "gen_lengths": [16]},
+     "eval.sampler.steps: 3 steps do not split evenly over 2 blocks"),
     ({"tasks": ["chess"]}, "eval.tasks: unknown task 'chess'"),
-    ({"remasking": "top"}, "eval.remasking: 'top'"),
+    ({"sampler": {"remasking": "top"}}, "eval.sampler.remasking: 'top'"),
+    ({"sampler": {"gen_length": 64}}, "eval.sampler.gen_length: must be null in eval (the lengths come from "
+                                      "eval.gen_lengths)"),
+    ({"steps": 8}, "eval.steps: moved to eval.sampler.steps"),
     ({"limit": {"chess": 3}}, "eval.limit.chess: must name a known task"),
     ({"limit": {"countdown": 0}}, "eval.limit.countdown: must name a known task with a positive count, got 0"),
     ({"models": {"d1": "runs/{task}/model"}, "model_name": "d1"}, "eval.models.d1: 'runs/{task}/model' depends on the task"),
@@ -100,6 +106,22 @@ def test_bad_config_names_the_value(tiny_setup, values, message):
     with pytest.raises(ConfigError) as exc:
         _cfg(root, data, model_dir, **values)
     assert message in str(exc.value)
+
+
+def test_the_sampler_section_reaches_the_sampler(tiny_setup, tmp_path):
+    """eval.sampler.threshold reaches generate: threshold 0 decodes a block in one step, the tokens of
+    steps = gen_length / block_length; the generations file records the setting."""
+    root, data, model_dir, _, _ = tiny_setup
+    files = {}
+    for name, sampler in (("threshold", {"block_length": 8, "threshold": 0.0}),
+                          ("one-step", {"block_length": 8, "steps": 1}), ("default", {"block_length": 8})):
+        run_eval(_cfg(root, data, model_dir, out_dir=str(tmp_path / name), tasks=["countdown"], gen_lengths=[8],
+                      sampler=sampler))
+        files[name] = json.loads(next((tmp_path / name).glob("countdown_tiny_8_*_generations.json")).read_text())
+    texts = {name: [x["generations"] for x in f["generations"]] for name, f in files.items()}
+    assert texts["threshold"] == texts["one-step"] != texts["default"]
+    assert files["threshold"]["threshold"] == 0.0 and files["one-step"]["threshold"] is None
+    assert files["one-step"]["diffusion_steps"] == 1 and files["default"]["diffusion_steps"] == 4
 
 
 def test_helpers():

@@ -82,7 +82,7 @@ def test_pipeline_axes_fit_the_default_profiles(repo_root, params):
         for task in params["pipeline"]["tasks"]:
             assert prepared[task].train is not None, f"{profile}: no train split for grpo@{task}"
         for n in params["pipeline"]["gen_lengths"]:
-            assert n % eval_cfg.block_length == 0
+            assert n % eval_cfg.sampler.block_length == 0
 
 
 def test_llada_8b_is_the_papers_setting(repo_root):
@@ -93,10 +93,15 @@ def test_llada_8b_is_the_papers_setting(repo_root):
     assert (sft.batch_size, sft.grad_accum, sft.max_length, sft.full_finetune) == (1, 4, 4096, False)
     grpo = load(repo_root, "llada-8b", "grpo")
     assert (grpo.lr, grpo.beta, grpo.epsilon, grpo.num_generations, grpo.max_grad_norm) == (3e-6, 0.04, 0.5, 6, 0.2)
-    assert (grpo.gen_length, grpo.block_length, grpo.diffusion_steps, grpo.temperature) == (256, 32, 128, 0.9)
+    assert grpo.sampler.generate_kwargs() == {"gen_length": 256, "block_length": 32, "steps": 128, "temperature": 0.9,
+                                              "cfg_scale": 0.0, "remasking": "low_confidence", "cache": "none",
+                                              "threshold": None}
     assert (grpo.lora_r, grpo.lora_alpha, grpo.full_finetune) == (128, 64.0, False)
     ev = load(repo_root, "llada-8b", "eval")
-    assert ev.gen_lengths == [128, 256, 512] and ev.block_length == 32 and ev.steps is None and ev.temperature == 0
+    assert ev.gen_lengths == [128, 256, 512] and ev.sampler.block_length == 32 and ev.sampler.steps is None
+    assert [ev.steps_for(n) for n in ev.gen_lengths] == [64, 128, 256]
+    assert ev.sampler.temperature == 0 and ev.sampler.remasking == "low_confidence" and ev.sampler.cache == "none"
+    assert ev.sampler.threshold is None and ev.sampler.cfg_scale == 0
     assert set(ev.tasks) == {"gsm8k", "math500", "countdown", "sudoku"}
     assert ev.models["base"] == "GSAI-ML/LLaDA-8B-Instruct"
     assert load(repo_root, "llada-8b", "prepare").tasks["math500"].train  # GRPO on MATH needs a train split

@@ -45,6 +45,23 @@ Exact random draws per step (so a test can replicate them): with
 ``temperature > 0``, ``torch.rand(block_logits.shape, dtype=float64,
 generator=generator)``; then with ``remasking="random"``, ``torch.rand((B,
 block_length), generator=generator)`` (float32), both on the prompt's device.
+
+Fast sampling (not in LLaDA's sampler; Fast-dLLM, arXiv:2505.22618), both off by default:
+
+- ``cache="prefix" | "dual"``: block-wise approximate KV cache
+  (:mod:`d1.generation.cache_modes`). The first step of each block is a full
+  pass (exact); the later steps recompute the block (``dual``) or the block and
+  everything after it (``prefix``) against cached keys/values of the rest.
+  With one step per block every mode gives the tokens of ``"none"``.
+- ``threshold``: confidence-aware parallel decoding. Each step unmasks every
+  masked position of the block whose confidence is at least ``threshold`` and
+  always at least the most confident one; a block runs until it has no mask
+  left, so ``steps`` no longer sets the schedule. ``threshold=0`` decodes a
+  block in one step (the tokens of ``steps == gen_length / block_length``); a
+  threshold above 1 unmasks one token per step (``steps == gen_length``). Draws
+  per step are those above, so the equivalences hold with temperature and
+  random remasking too. In a batch, a row whose block is finished waits (its
+  tokens do not change) while the others go on.
 """
 
 from __future__ import annotations
@@ -56,6 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from d1.errors import ConfigError
+from d1.generation.cache_modes import CACHE_MODES, FullPasses, as_logits, cache_mode
 
 REMASKING_STRATEGIES = ("low_confidence", "random")
 
@@ -92,24 +110,6 @@ def add_gumbel_noise(
     return logits.exp() / (-torch.log(uniform)) ** temperature
 
 
-def as_logits(output: Any) -> torch.Tensor:
-    """The logits of a model call: ``output.logits`` or the tensor itself."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise ConfigError(
-        f"the model returned {type(output).__name__}; expected a tensor of logits or an object with .logits"
-    )
-
-
-def _call_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    if attention_mask is None:
-        return as_logits(model(input_ids))
-    return as_logits(model(input_ids, attention_mask=attention_mask))
-
-
 def _select_top_k(confidence: torch.Tensor, k: torch.Tensor, k_max: int) -> torch.Tensor:
     """Boolean [B, N] marking the ``k[b]`` highest-confidence entries of each row of [B, N]; k_max = max(k)."""
     selected = torch.zeros_like(confidence, dtype=torch.bool)
@@ -122,7 +122,7 @@ def _select_top_k(confidence: torch.Tensor, k: torch.Tensor, k_max: int) -> torc
 
 def _validate(
     prompt: Any, *, gen_length: Any, block_length: Any, steps: Any, temperature: Any, cfg_scale: Any,
-    remasking: Any, mask_id: Any, attention_mask: Any, generator: Any,
+    remasking: Any, mask_id: Any, attention_mask: Any, generator: Any, threshold: Any,
 ) -> None:
     def positive_int(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -149,6 +149,9 @@ def _validate(
     for name, value in (("temperature", temperature), ("cfg_scale", cfg_scale)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"generate: {name} must be a number >= 0, got {value!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not threshold >= 0):
+        raise ConfigError(f"generate: threshold must be None or a number >= 0, got {threshold!r}")
     if remasking not in REMASKING_STRATEGIES:
         raise ConfigError(f"generate: unknown remasking {remasking!r}; expected one of {REMASKING_STRATEGIES}")
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
@@ -184,6 +187,8 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     decode_order: torch.Tensor | None = None,
+    cache: str = "none",
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """Decode ``gen_length`` tokens after ``prompt`` by iterative unmasking (LLaDA sampler).
 
@@ -201,7 +206,12 @@ def generate(
         filled in place with the step (0-based, counted over all blocks) at which
         each answer position was unmasked: the record diffu-GRPO's ``replay``
         estimator scores the rollout with. Not in LLaDA's sampler; does not
-        change the tokens.
+        change the tokens. With ``threshold`` the step is counted per row (the
+        steps that row took), so a batch records what each row would alone.
+    cache: ``"none"`` (a full pass per step), ``"prefix"`` or ``"dual"``
+        (block-wise approximate KV cache; the model must support it).
+    threshold: None (``steps`` sets the schedule) or a confidence >= 0 for
+        parallel decoding (see the module docstring).
 
     Returns [B, P + gen_length]: the prompt unchanged (mask tokens in it are never
     filled), then the answer. Runs under ``torch.no_grad`` (not inference mode, so
@@ -210,8 +220,9 @@ def generate(
     _validate(
         prompt, gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
         cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, attention_mask=attention_mask,
-        generator=generator,
+        generator=generator, threshold=threshold,
     )
+    passes = cache_mode(cache, model)
     batch, prompt_len = prompt.shape
     device = prompt.device
     if decode_order is not None and (decode_order.shape != (batch, gen_length) or decode_order.is_floating_point()
@@ -226,51 +237,76 @@ def generate(
     if attention_mask is not None:
         generated = torch.ones((batch, gen_length), dtype=attention_mask.dtype, device=device)
         full_mask = torch.cat([attention_mask.to(device), generated], dim=1)
+    guided = _GuidedLogits(passes(model, full_mask), passes(model, full_mask) if cfg_scale else None,
+                           prompt_len=prompt_len, cfg_scale=cfg_scale, mask_id=mask_id)
 
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
+    row_steps = torch.zeros(batch, dtype=torch.long, device=device)  # threshold: steps each row took
     for block in range(num_blocks):
         start = prompt_len + block * block_length
         end = start + block_length
+        window = decode_order[:, start - prompt_len:end - prompt_len] if decode_order is not None else None
+        if threshold is not None:
+            refresh = True
+            while True:
+                masked = x[:, start:end] == mask_id
+                active = masked.any(dim=1)
+                if not bool(active.any()):  # one host sync per step
+                    break
+                logits = guided(x, start, end, refresh)
+                refresh = False
+                proposal, confidence = _propose(logits, temperature, remasking, mask_id, generator)
+                confidence = confidence.masked_fill(~masked, float("-inf"))
+                transfer = (confidence >= threshold) | _select_top_k(confidence, active.long(), 1)
+                x[:, start:end] = torch.where(transfer, proposal, x[:, start:end])
+                if window is not None:
+                    window.copy_(torch.where(transfer, row_steps[:, None], window))
+                row_steps += active.long()
+            continue
         schedule = transfer_schedule((x[:, start:end] == mask_id).sum(dim=1), steps_per_block)
         k_max = schedule.max(dim=0).values.tolist()  # one host sync per block
+        refresh = True
         for step in range(steps_per_block):
             if k_max[step] == 0:
                 continue
-            logits = _block_logits(model, x, full_mask, prompt_len, start, end, cfg_scale, mask_id)
+            logits = guided(x, start, end, refresh)
+            refresh = False
             proposal, confidence = _propose(logits, temperature, remasking, mask_id, generator)
             block_tokens = x[:, start:end]
             confidence = confidence.masked_fill(block_tokens != mask_id, float("-inf"))
             transfer = _select_top_k(confidence, schedule[:, step], k_max[step])
             x[:, start:end] = torch.where(transfer, proposal, block_tokens)
-            if decode_order is not None:
-                window = decode_order[:, start - prompt_len:end - prompt_len]
+            if window is not None:
                 window.masked_fill_(transfer, block * steps_per_block + step)
     return x
 
 
-def _block_logits(
-    model: Any, x: torch.Tensor, attention_mask: torch.Tensor | None, prompt_len: int,
-    start: int, end: int, cfg_scale: float, mask_id: int,
-) -> torch.Tensor:
-    """Logits of the current block [B, block_length, V], with classifier-free guidance if asked."""
-    logits = _call_model(model, x, attention_mask)
-    if logits.dim() != 3 or logits.shape[:2] != x.shape:
-        raise ConfigError(
-            f"generate: the model returned logits of shape {tuple(logits.shape)} for input {tuple(x.shape)}; "
-            "expected [batch, length, vocab]"
-        )
-    if mask_id >= logits.shape[-1]:
-        raise ConfigError(f"generate: mask_id {mask_id} is outside the model's vocabulary of {logits.shape[-1]}")
-    cond = logits[:, start:end].contiguous()  # a copy: the full [B, L, V] logits can be freed
-    del logits
-    if cfg_scale == 0:
-        return cond
-    unconditional = x.clone()
-    unconditional[:, :prompt_len] = mask_id  # the whole prompt (padding is hidden by the attention mask)
-    dtype = torch.promote_types(cond.dtype, torch.float32)  # at least float32 for the combination
-    un = _call_model(model, unconditional, attention_mask)[:, start:end].to(dtype)
-    return un + (cfg_scale + 1) * (cond.to(dtype) - un)
+class _GuidedLogits:
+    """Block logits [B, block_length, V] with classifier-free guidance when asked.
+
+    The unconditional pass sees the whole prompt masked (padding stays hidden by
+    the attention mask) and has its own cache.
+    """
+
+    def __init__(self, cond: FullPasses, uncond: FullPasses | None, *, prompt_len: int, cfg_scale: float,
+                 mask_id: int) -> None:
+        self.cond, self.uncond = cond, uncond
+        self.prompt_len, self.cfg_scale, self.mask_id = prompt_len, cfg_scale, mask_id
+
+    def __call__(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> torch.Tensor:
+        cond = self.cond.block_logits(x, start, end, refresh)
+        if self.mask_id >= cond.shape[-1]:
+            raise ConfigError(
+                f"generate: mask_id {self.mask_id} is outside the model's vocabulary of {cond.shape[-1]}"
+            )
+        if self.uncond is None:
+            return cond
+        unconditional = x.clone()
+        unconditional[:, : self.prompt_len] = self.mask_id
+        dtype = torch.promote_types(cond.dtype, torch.float32)  # at least float32 for the combination
+        un = self.uncond.block_logits(unconditional, start, end, refresh).to(dtype)
+        return un + (self.cfg_scale + 1) * (cond.to(dtype) - un)
 
 
 def _propose(

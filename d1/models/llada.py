@@ -51,6 +51,7 @@ from transformers import (
 from transformers.modeling_outputs import MaskedLMOutput
 
 from d1.errors import ConfigError
+from d1.models.kv_cache import LayerKVCache
 
 # LLaDA-8B-Instruct's values, used as defaults so that ``LLaDAConfig()`` is that model.
 LLADA_8B_MASK_ID = 126336
@@ -380,7 +381,8 @@ class LLaDABlock(nn.Module):
         self.dropout = nn.Dropout(config.residual_dropout)
 
     def attention(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None,
+        kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         B, L, _ = h.shape
         q = self.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
@@ -394,6 +396,8 @@ class LLaDABlock(nn.Module):
         else:
             q = apply_rotary(q, cos.to(dtype), sin.to(dtype))
             k = apply_rotary(k, cos.to(dtype), sin.to(dtype))
+        if kv_cache is not None:  # queries of h attend to the whole cached sequence
+            k, v = kv_cache.update(self.layer_id, k, v)
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=1)
@@ -406,10 +410,13 @@ class LLaDABlock(nn.Module):
         return self.attn_out(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
-        """x: [B, L, d_model]; cos/sin: [B or 1, 1, L, head_dim]; key_mask: [B, L] (0 = padding) or None."""
-        x = x + self.dropout(self.attention(self.attn_norm(x), cos, sin, key_mask))
+        """x: [B, L, d_model]; cos/sin: [B or 1, 1, L, head_dim]; key_mask: [B, L_keys] (0 = padding) or
+        None. With a window pass of ``kv_cache`` (:mod:`d1.models.kv_cache`), L is the window and L_keys
+        the whole sequence."""
+        x = x + self.dropout(self.attention(self.attn_norm(x), cos, sin, key_mask, kv_cache))
         h = self.ff_norm(x)
         h = F.silu(self.ff_proj(h)) * self.up_proj(h)
         return x + self.dropout(self.ff_out(h))
@@ -443,10 +450,19 @@ class LLaDATransformer(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        kv_cache: LayerKVCache | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         config = self.config
         x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
         B, L = x.shape[:2]
+        window = None if kv_cache is None or kv_cache.start is None else (kv_cache.start, kv_cache.start + L)
+        if window is not None:
+            # the input is a window of the cached sequence: positions and the key mask span the sequence
+            kv_cache.check_window(B, L)
+            L = kv_cache.length
+            if attention_mask is not None and attention_mask.shape[-1] != L:
+                raise ValueError(f"LLaDA window pass: attention_mask covers {attention_mask.shape[-1]} "
+                                 f"positions, the cache {L}")
         if config.input_emb_norm:
             x = x * (config.d_model**0.5)
         x = self.transformer.emb_drop(x)
@@ -458,16 +474,18 @@ class LLaDATransformer(nn.Module):
                 position_ids = positions_from_mask(attention_mask)
         if position_ids is None:
             position_ids = torch.arange(L, device=x.device)[None]
+        if window is not None and position_ids.shape[-1] == L:
+            position_ids = position_ids[:, window[0]:window[1]]
         cos, sin = rotary_cos_sin(position_ids.to(x.device), config.head_dim, config.rope_theta)
 
         hidden_states: list[torch.Tensor] = []
         for block in self.transformer.blocks:
             if output_hidden_states:
                 hidden_states.append(x)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None:
                 x = self._gradient_checkpointing_func(block.__call__, x, cos, sin, key_mask)
             else:
-                x = block(x, cos, sin, key_mask)
+                x = block(x, cos, sin, key_mask, kv_cache)
         x = self.transformer.ln_f(x)
         if output_hidden_states:
             hidden_states.append(x)
@@ -493,6 +511,8 @@ class LLaDAModelLM(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    #: takes ``kv_cache=`` (block-wise approximate KV cache, :mod:`d1.models.kv_cache`)
+    supports_kv_cache = True
     _no_split_modules = ["LLaDABlock"]
     _supports_sdpa = True
 
@@ -539,10 +559,13 @@ class LLaDAModelLM(PreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        kv_cache: LayerKVCache | None = None,
     ) -> MaskedLMOutput | tuple:
         """input_ids [B, L] (or inputs_embeds [B, L, d_model]); attention_mask [B, L], 1 = token,
         0 = padding (any padding layout; positions then count real tokens); position_ids [B or 1, L]
-        overrides the rotary positions. Returns MaskedLMOutput with float32 logits [B, L, embedding_size]
+        overrides the rotary positions. ``kv_cache``: a :class:`~d1.models.kv_cache.LayerKVCache` to fill
+        (full pass) or to read and update (window pass: input_ids is the window, attention_mask and
+        position_ids still span the whole sequence). Returns MaskedLMOutput with float32 logits [B, L, embedding_size]
         (and hidden_states: the input of every block plus the final normed state when asked)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LLaDAModelLM.forward: pass exactly one of input_ids and inputs_embeds")
@@ -552,6 +575,7 @@ class LLaDAModelLM(PreTrainedModel):
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             output_hidden_states=bool(output_hidden_states),
+            kv_cache=kv_cache,
         )
         if return_dict is False:
             return (logits,) if hidden is None else (logits, hidden)

@@ -167,9 +167,21 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """A nested config as ``{dotted key: value}`` (``sampler.temperature``)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_resumable(cfg: Any, saved: dict) -> None:
-    """ConfigError naming the keys whose change would make the resumed run differ from the saved one."""
-    now = to_dict(cfg)
+    """ConfigError naming the keys whose change would make the resumed run differ from the saved one
+    (a key of a nested section by its dotted path, ``sampler.temperature``)."""
+    now, saved = _flat(to_dict(cfg)), _flat(saved)
     changed = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])

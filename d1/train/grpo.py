@@ -197,7 +197,7 @@ class DiffuGRPO:
         self.prompts = prompts
         self.ref_model = ref_model
         # the estimator's blocks: the sampler's for "blockwise", one block (d1) otherwise
-        self.logp_block_length = self.cfg.block_length if self.cfg.logp_estimator == "blockwise" else None
+        self.logp_block_length = self.cfg.sampler.block_length if self.cfg.logp_estimator == "blockwise" else None
         # "coupled": the G completions of a prompt share each iteration's split
         self.coupled_group = self.cfg.num_generations if self.cfg.logp_estimator == "coupled" else None
 
@@ -232,15 +232,13 @@ class DiffuGRPO:
         generator = make_generator(cfg.seed, "grpo", "rollout", round_index, run.rank, device=device)
         chunks = []
         replay = cfg.logp_estimator == "replay"
-        decode_order = (torch.full((prompt_ids.shape[0], cfg.gen_length), -1, dtype=torch.long, device=device)
-                        if replay else None)
+        sampler = cfg.sampler.generate_kwargs()
+        decode_order = (torch.full((prompt_ids.shape[0], sampler["gen_length"]), -1, dtype=torch.long,
+                                   device=device) if replay else None)
         with run.accelerator.autocast():
             for lo in range(0, prompt_ids.shape[0], cfg.generation_batch_size):
                 hi = lo + cfg.generation_batch_size
-                chunks.append(generate(policy, prompt_ids[lo:hi], gen_length=cfg.gen_length,
-                                       block_length=cfg.block_length, steps=cfg.diffusion_steps,
-                                       temperature=cfg.temperature, cfg_scale=cfg.cfg_scale,
-                                       remasking=cfg.remasking, mask_id=self.ids.mask_id,
+                chunks.append(generate(policy, prompt_ids[lo:hi], **sampler, mask_id=self.ids.mask_id,
                                        attention_mask=prompt_attention[lo:hi], generator=generator,
                                        decode_order=decode_order[lo:hi] if replay else None))
         rollout_time = time.perf_counter() - start
@@ -260,7 +258,7 @@ class DiffuGRPO:
             seeds = [FIXED_MASK_SEED] * cfg.num_iterations
         ro = Rollouts(ids=ids, attention=attention, prompt_len=prompt_len, keep=keep, advantages=advantages,
                       mask_seeds=seeds, old_logps=None, ref_logps=None,
-                      unmask_order=replay_chunks(decode_order, cfg.diffusion_steps, cfg.replay_chunks)
+                      unmask_order=replay_chunks(decode_order, sampler["steps"], cfg.replay_chunks)
                       if replay else None)
         with run.accelerator.autocast():
             if cfg.num_iterations > 1:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from d1.generation.sampler_config import SamplerConfig
 from d1.train.configs import (
     TrainConfigBase,
     fail_at,
@@ -26,7 +27,6 @@ from d1.train.configs import (
     require_positive,
 )
 
-REMASKING = ("low_confidence", "random")
 GRPO_LOSS_NORMALIZATION = ("d1", "batch")
 GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise", "coupled", "replay")
 
@@ -60,7 +60,7 @@ class GRPOConfig(TrainConfigBase):
     the same SFT model: docs/results.md).
     logp_estimator: ``one_step`` = d1's estimator (one forward pass, every
     completion token masked); ``blockwise`` (not in d1) = one pass per block of
-    ``block_length`` tokens, earlier blocks shown, so a token is scored given
+    ``sampler.block_length`` tokens, earlier blocks shown, so a token is scored given
     the blocks the sampler had finished when it wrote it
     (:func:`d1.algo.grpo.per_token_logps`). Costs gen_length / block_length
     passes (and activations) per scoring instead of one; with one block the two
@@ -75,22 +75,28 @@ class GRPOConfig(TrainConfigBase):
     step) and each chunk is one pass that shows the tokens unmasked before it
     and scores its own, so a token is scored given (nearly) what the sampler
     saw when it wrote it. Costs one pass per chunk.
-    replay_chunks: chunks of sampler steps for ``replay`` (null = diffusion_steps).
+    Needs the sampler's fixed step schedule (no ``sampler.threshold``).
+    replay_chunks: chunks of sampler steps for ``replay`` (null = the sampler's steps).
+    sampler: the rollout sampler (:class:`d1.generation.SamplerConfig`, the section
+    evaluation uses too); defaults to d1's rollouts: gen_length 256, block 32, steps
+    128 (null: gen_length / 2), temperature 0.9, low-confidence remasking. A
+    ``sampler`` section replaces only the keys it names.
     """
 
     SECTION: ClassVar[str] = "grpo"
+    # the sampler's settings moved into the shared `sampler` section (d1.config names the new key)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "gen_length": "sampler.gen_length", "block_length": "sampler.block_length",
+        "diffusion_steps": "sampler.steps", "temperature": "sampler.temperature",
+        "cfg_scale": "sampler.cfg_scale", "remasking": "sampler.remasking",
+    }
 
     model_path: str = "outputs/sft/model"
     out_dir: str = "outputs/grpo"
     # rollouts
     num_generations: int = 6  # G
     generation_batch_size: int = 6  # sequences per sampler call
-    gen_length: int = 256
-    block_length: int = 32
-    diffusion_steps: int = 128
-    temperature: float = 0.9
-    cfg_scale: float = 0.0
-    remasking: str = "low_confidence"
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(gen_length=256, temperature=0.9))
     max_prompt_length: int = 200  # prompts longer than this keep their last tokens (d1/TRL)
     add_reasoning: bool = False
     # objective
@@ -126,8 +132,7 @@ class GRPOConfig(TrainConfigBase):
     def validate(self) -> None:
         super().validate()
         s = self.SECTION
-        for key in ("num_generations", "generation_batch_size", "gen_length", "block_length",
-                    "diffusion_steps", "max_prompt_length", "num_iterations"):
+        for key in ("num_generations", "generation_batch_size", "max_prompt_length", "num_iterations"):
             require_positive(s, key, getattr(self, key))
         if self.num_generations < 2:
             fail_at(f"{s}.num_generations",
@@ -136,16 +141,9 @@ class GRPOConfig(TrainConfigBase):
         if per_process % self.num_generations:
             fail_at(f"{s}.num_generations", f"{self.num_generations} does not divide batch_size * grad_accum = "
                   f"{per_process} (each process holds whole groups)")
-        if self.gen_length % self.block_length:
-            fail_at(f"{s}.block_length", f"{self.block_length} does not divide gen_length {self.gen_length}")
-        blocks = self.gen_length // self.block_length
-        if self.diffusion_steps % blocks:
-            fail_at(f"{s}.diffusion_steps", f"{self.diffusion_steps} steps do not split evenly over {blocks} blocks")
-        if not self.temperature >= 0:
-            fail_at(f"{s}.temperature", f"must be >= 0, got {self.temperature}")
-        if not self.cfg_scale >= 0:
-            fail_at(f"{s}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
-        require_one_of(s, "remasking", self.remasking, REMASKING)
+        if self.sampler.gen_length is None:
+            fail_at(f"{s}.sampler.gen_length", "required for rollouts (answer tokens per completion)")
+        self.sampler.validate(f"{s}.sampler")
         if not self.beta >= 0:
             fail_at(f"{s}.beta", f"must be >= 0, got {self.beta}")
         if not self.epsilon > 0:
@@ -154,10 +152,14 @@ class GRPOConfig(TrainConfigBase):
             fail_at(f"{s}.p_mask_prompt", f"must be in [0, 1], got {self.p_mask_prompt}")
         require_one_of(s, "loss_normalization", self.loss_normalization, GRPO_LOSS_NORMALIZATION)
         require_one_of(s, "logp_estimator", self.logp_estimator, GRPO_LOGP_ESTIMATORS)
+        if self.logp_estimator == "replay" and self.sampler.threshold is not None:
+            fail_at(f"{s}.sampler.threshold", f"must be null with logp_estimator replay (it replays the sampler's "
+                    f"fixed step schedule), got {self.sampler.threshold}")
         if self.replay_chunks is not None:
             require_positive(s, "replay_chunks", self.replay_chunks)
-            if self.replay_chunks > self.diffusion_steps:
-                fail_at(f"{s}.replay_chunks", f"{self.replay_chunks} is more than the {self.diffusion_steps} "
+            steps = self.sampler.steps_for()
+            if self.replay_chunks > steps:
+                fail_at(f"{s}.replay_chunks", f"{self.replay_chunks} is more than the {steps} "
                       "sampler steps it cuts into chunks")
         if self.load_in_4bit and self.full_finetune:
             fail_at(f"{s}.load_in_4bit", "a 4-bit base cannot be fully fine-tuned; use LoRA")

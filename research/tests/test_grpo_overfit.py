@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -32,15 +33,17 @@ def test_rejects_bad_arguments(overfit, tmp_path):
 
 
 def test_needs_puzzles_with_reward_spread(overfit, sft_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(overfit.lc, "GRPO", dict(overfit.lc.GRPO))
+    monkeypatch.setattr(overfit.lc, "GRPO", copy.deepcopy(overfit.lc.GRPO))
+    settings = copy.deepcopy(overfit.lc.GRPO)
+    settings["sampler"].update(block_length=8, steps=8)
     # a random model solves no puzzle in any sample: none has reward spread
     with pytest.raises(SystemExit, match="only 0 of 3 training puzzles have reward spread; need 2"):
         overfit.pick_puzzles(sft_run / "sft" / "model", overfit.read_split(sft_run / "data", "countdown", "train")[:3],
-                             2, seed=0, settings=dict(overfit.lc.GRPO, block_length=8, diffusion_steps=8))
+                             2, seed=0, settings=settings)
 
 
 def test_trains_on_the_chosen_puzzles_every_round(overfit, sft_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(overfit.lc, "GRPO", dict(overfit.lc.GRPO))
+    monkeypatch.setattr(overfit.lc, "GRPO", copy.deepcopy(overfit.lc.GRPO))
     chosen = []
 
     def first_examples(model_dir, examples, n, *, seed, settings):
@@ -57,7 +60,8 @@ def test_trains_on_the_chosen_puzzles_every_round(overfit, sft_run, tmp_path, mo
     assert [r["question"] for r in written] == [ex.question for ex in chosen]
     assert json.loads((out / "overfit.json").read_text())["reward_per_round"] == result["reward_per_round"]
     grpo_config = json.loads((out / "grpo" / "grpo_config.json").read_text())
-    assert grpo_config["block_length"] == 8 and grpo_config["diffusion_steps"] == 8 and grpo_config["lora_r"] == 4
+    sampler = grpo_config["sampler"]
+    assert sampler["block_length"] == 8 and sampler["steps"] == 8 and grpo_config["lora_r"] == 4
 
 
 def test_eval_checkpoints_checks_its_folder(tmp_path):

@@ -8,9 +8,13 @@ import pytest
 
 from research.tests.loader import load_script
 
+SAMPLER = {"gen_length": 32, "block_length": 8, "steps": 32, "temperature": 0.9, "remasking": "low_confidence",
+           "cfg_scale": 0.0, "cache": "none", "threshold": None}
 CONFIG = {"seed": 0, "tasks": ["countdown"], "num_generations": 8, "generation_batch_size": 64,
-          "num_iterations": 2, "gen_length": 32, "block_length": 8, "diffusion_steps": 32,
-          "temperature": 0.9, "max_steps": 8, "lr": 3e-4}
+          "num_iterations": 2, "sampler": SAMPLER, "max_steps": 8, "lr": 3e-4}
+# a grpo_config.json written before the sampler section: its settings flat
+FLAT = {**{k: v for k, v in CONFIG.items() if k != "sampler"}, "gen_length": 32, "block_length": 8,
+        "diffusion_steps": 32, "temperature": 0.9, "cfg_scale": 0.0, "remasking": "low_confidence"}
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +22,7 @@ def script():
     return load_script("reward_vs_control")
 
 
-def make_run(root, rewards_per_step, *, data_text="a\n", nested=False, **config):
+def make_run(root, rewards_per_step, *, data_text="a\n", nested=False, base=CONFIG, **config):
     """A GRPO output folder: grpo_config.json, the reward curve, and its training file."""
     run = root / "grpo" if nested else root
     data = root / "data"
@@ -28,7 +32,7 @@ def make_run(root, rewards_per_step, *, data_text="a\n", nested=False, **config)
     curve.mkdir(parents=True)
     (curve / "mean.tsv").write_text("step\tmean\n" + "".join(f"{i + 1}\t{r}\n" for i, r in enumerate(rewards_per_step)),
                                     encoding="utf-8")
-    (run / "grpo_config.json").write_text(json.dumps(dict(CONFIG, data_dir=str(data), **config)), encoding="utf-8")
+    (run / "grpo_config.json").write_text(json.dumps(dict(base, data_dir=str(data), **config)), encoding="utf-8")
     return root
 
 
@@ -71,7 +75,9 @@ def test_the_shorter_run_sets_the_rounds(script, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"seed": 1}, "seed (0 vs 1)"),
     ({"num_iterations": 4}, "num_iterations"),
-    ({"temperature": 1.2}, "temperature"),
+    ({"sampler": dict(SAMPLER, temperature=1.2)}, "sampler.temperature (0.9 vs 1.2)"),
+    ({"sampler": dict(SAMPLER, threshold=0.9)}, "sampler.threshold (None vs 0.9)"),
+    ({"sampler": dict(SAMPLER, steps=None)}, "sampler.steps (32 vs 16)"),
 ])
 def test_runs_with_other_prompts_or_noise_are_refused(script, tmp_path, change, message):
     run = make_run(tmp_path / "run", [0.5] * 4)
@@ -113,3 +119,11 @@ def test_main_prints_the_table(script, tmp_path, capsys):
     assert "run - control, mean over rounds 1-2: +0.050" in out
     with pytest.raises(SystemExit, match="--window must be positive"):
         script.main([str(run), str(control), "--window", "0"])
+
+
+def test_a_run_from_before_the_sampler_section_compares_by_its_flat_keys(script, tmp_path):
+    run = make_run(tmp_path / "run", [0.5] * 4, base=FLAT)
+    assert script.compare(run, make_run(tmp_path / "ctl", [0.5] * 4), window=2)["rounds"] == 2
+    hot = make_run(tmp_path / "hot", [0.5] * 4, base=dict(FLAT, temperature=1.2))
+    with pytest.raises(SystemExit, match=r"sampler\.temperature \(1\.2 vs 0\.9\)"):
+        script.compare(hot, run, window=2)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from d1.generation import SamplerConfig
 from d1.train.grpo_config import GRPOConfig
 
 from d1.train.sft_config import SFTConfig
@@ -25,8 +26,9 @@ def main() -> None:
                     lora_dropout=0.1, save_steps=2, merge_adapter=True, device="cpu")
     grpo = GRPOConfig(model_path=str(base), data_dir=str(data), tasks=["countdown", "sudoku"],
                       out_dir=str(out / "grpo"),
-                      num_generations=2, generation_batch_size=2, batch_size=2, grad_accum=1, gen_length=8,
-                      block_length=8, diffusion_steps=4, num_iterations=2, max_steps=3, lr=1e-2, lora_r=4,
+                      num_generations=2, generation_batch_size=2, batch_size=2, grad_accum=1,
+                      sampler=SamplerConfig(gen_length=8, block_length=8, steps=4, temperature=0.9),
+                      num_iterations=2, max_steps=3, lr=1e-2, lora_r=4,
                       lora_alpha=8.0, lora_dropout=0.0, save_steps=1, warmup_ratio=0.0, device="cpu")
     for cfg in (sft, grpo):
         cfg.validate()

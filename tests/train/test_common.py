@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
 import pytest
 import torch
 
+from d1.config import to_dict
 from d1.errors import ConfigError
 from d1.train.checkpoints import check_resumable, list_checkpoints
 from d1.train.common import (
@@ -68,6 +70,13 @@ def test_check_resumable_names_changed_keys():
     check_resumable(SFTConfig(max_steps=20, save_steps=5), saved)  # length and saving may change
     with pytest.raises(ConfigError, match=r"sft: cannot resume.*lr: 1e-05 -> 0.001"):
         check_resumable(SFTConfig(max_steps=10, lr=1e-3), saved)
+    # a key of a nested section is named by its dotted path
+    grpo = GRPOConfig()
+    saved = json.loads(json.dumps(to_dict(grpo)))
+    check_resumable(GRPOConfig(max_steps=20), saved)
+    hotter = GRPOConfig(sampler=dataclasses.replace(grpo.sampler, temperature=1.3))
+    with pytest.raises(ConfigError, match=r"grpo: cannot resume.*\(sampler\.temperature: 0\.9 -> 1\.3\)"):
+        check_resumable(hotter, saved)
 
 
 def test_list_checkpoints_ignores_incomplete_ones(tmp_path):

@@ -24,7 +24,10 @@ def test_defaults_are_valid_and_are_d1s_settings():
     assert (grpo.lr, grpo.adam_betas, grpo.weight_decay, grpo.max_grad_norm) == (3e-6, [0.9, 0.99], 0.1, 0.2)
     assert (grpo.num_generations, grpo.beta, grpo.epsilon, grpo.p_mask_prompt, grpo.num_iterations) == (
         6, 0.04, 0.5, 0.15, 12)
-    assert (grpo.gen_length, grpo.block_length, grpo.diffusion_steps, grpo.temperature) == (256, 32, 128, 0.9)
+    sampler = grpo.sampler
+    assert (sampler.gen_length, sampler.block_length, sampler.steps_for(), sampler.temperature) == (256, 32, 128, 0.9)
+    assert (sampler.remasking, sampler.cfg_scale, sampler.cache, sampler.threshold) == ("low_confidence", 0.0, "none",
+                                                                                         None)
     assert (grpo.max_prompt_length, grpo.batch_size, grpo.grad_accum) == (200, 6, 2)
     assert (grpo.lora_r, grpo.lora_alpha, grpo.lora_dropout) == (128, 64.0, 0.05)
     assert grpo.lr_scheduler == "constant_with_warmup" and not grpo.scale_rewards
@@ -59,15 +62,20 @@ def test_load_from_params_yaml(tmp_path):
         ("sft", "grad_accum: 0", "sft.grad_accum: must be a positive integer, got 0"),
         ("sft", "learning_rate: 1e-4", "sft: unknown key 'learning_rate'"),
         ("grpo", "num_iterations: 0", "grpo.num_iterations: must be a positive integer, got 0"),
-        ("grpo", "block_length: 48", "grpo.block_length: 48 does not divide gen_length 256"),
-        ("grpo", "diffusion_steps: 100", "grpo.diffusion_steps: 100 steps do not split evenly over 8 blocks"),
+        ("grpo", "sampler: {block_length: 48}", "grpo.sampler.block_length: 48 does not divide gen_length 256"),
+        ("grpo", "sampler: {steps: 100}", "grpo.sampler.steps: 100 steps do not split evenly over 8 blocks"),
+        ("grpo", "diffusion_steps: 100", "grpo.diffusion_steps: moved to grpo.sampler.steps"),
         ("grpo", "num_generations: 5", "grpo.num_generations: 5 does not divide batch_size * grad_accum = 12"),
         ("grpo", "num_generations: 1\nbatch_size: 1\ngrad_accum: 1", "grpo.num_generations: needs at least 2"),
         ("grpo", "p_mask_prompt: 1.5", "grpo.p_mask_prompt: must be in [0, 1], got 1.5"),
         ("grpo", "loss_normalization: token", "grpo.loss_normalization: 'token' is not one of d1, batch"),
         ("grpo", "beta: -0.1", "grpo.beta: must be >= 0"),
-        ("grpo", "remasking: greedy", "grpo.remasking: 'greedy' is not one of"),
-        ("grpo", "temperature: x", "grpo.temperature: expected a number, got 'x'"),
+        ("grpo", "sampler: {remasking: greedy}", "grpo.sampler.remasking: 'greedy' is not one of"),
+        ("grpo", "sampler: {temperature: x}", "grpo.sampler.temperature: expected a number, got 'x'"),
+        ("grpo", "sampler: {gen_length: null}", "grpo.sampler.gen_length: required for rollouts"),
+        ("grpo", "logp_estimator: replay\nsampler: {threshold: 0.9}", "grpo.sampler.threshold: must be null with "
+         "logp_estimator replay"),
+        ("grpo", "logp_estimator: replay\nreplay_chunks: 200", "grpo.replay_chunks: 200 is more than the 128 sampler"),
         ("pretrain", "model_path: GSAI-ML/LLaDA-8B-Instruct", "pretrain.model_path: only the built-in 'tiny'"),
         ("pretrain", "seq_len: 2048", "pretrain.seq_len: 2048 exceeds max_sequence_length 1024"),
         ("pretrain", "d_model: 100\nn_heads: 3", "pretrain.n_heads"),

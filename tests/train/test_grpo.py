@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,6 +19,7 @@ from d1.algo.grpo import (
     per_token_logps,
 )
 from d1.errors import ConfigError
+from d1.generation import SamplerConfig
 from d1.models.loading import load_model, load_tokenizer, token_ids
 from d1.tasks.countdown import CountdownTask
 from d1.train.common import prepare_trainable
@@ -26,12 +28,17 @@ from d1.train.grpo_config import GRPOConfig
 from d1.train.grpo import DiffuGRPO, load_prompts, run_grpo
 
 
+SAMPLER_KEYS = {f.name for f in dataclasses.fields(SamplerConfig)}
+
+
 def grpo_config(base, data, out, **overrides) -> GRPOConfig:
+    """A small GRPOConfig; overrides named like a SamplerConfig field (gen_length, steps, ...) go to its sampler."""
+    sampler = dict(gen_length=8, block_length=8, steps=4, temperature=1.0)
+    sampler.update({k: overrides.pop(k) for k in list(overrides) if k in SAMPLER_KEYS})
     values = dict(model_path=str(base), data_dir=str(data), tasks=["countdown"], out_dir=str(out),
-                  num_generations=2, generation_batch_size=4, batch_size=2, grad_accum=2, gen_length=8,
-                  block_length=8, diffusion_steps=4, temperature=1.0, num_iterations=2, beta=0.04, max_steps=2,
-                  lr=1e-2, warmup_ratio=0.0, lora_r=4, lora_alpha=8.0, lora_dropout=0.0, save_steps=0,
-                  device="cpu")
+                  num_generations=2, generation_batch_size=4, batch_size=2, grad_accum=2, num_iterations=2,
+                  beta=0.04, max_steps=2, lr=1e-2, warmup_ratio=0.0, lora_r=4, lora_alpha=8.0, lora_dropout=0.0,
+                  save_steps=0, device="cpu", sampler=SamplerConfig(**sampler))
     values.update(overrides)
     cfg = GRPOConfig(**values)
     cfg.validate()
@@ -98,7 +105,7 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
                                         generator=generator)
     logp = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
                            noisy_ids=noisy, attention_mask=ro.attention,
-                           block_length=cfg.block_length if cfg.logp_estimator == "blockwise" else None,
+                           block_length=cfg.sampler.block_length if cfg.logp_estimator == "blockwise" else None,
                            coupled_mask=split, unmask_order=ro.unmask_order)
     old = ro.old_logps[iteration] if ro.old_logps else None
     ref = ro.ref_logps[iteration] if ro.ref_logps else None
@@ -174,7 +181,7 @@ def test_coupled_estimator_scores_each_token_once_with_a_shared_split(tiny_base,
 
 def test_replay_estimator_scores_tokens_in_the_samplers_order(tiny_base, tiny_data, tmp_path, capture):
     kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
-              diffusion_steps=8, loss_normalization="batch", beta=0.04)
+              steps=8, loss_normalization="batch", beta=0.04)
     cfg = grpo_config(tiny_base, tiny_data, tmp_path / "replay", logp_estimator="replay", replay_chunks=4, **kw)
     run_grpo(cfg)
     ro = capture["rollouts"][0]
@@ -270,8 +277,23 @@ def test_full_finetune_uses_a_frozen_reference_copy(tiny_base, tiny_data, tmp_pa
     assert (tmp_path / "full" / "model" / "config.json").is_file()  # a full model, not an adapter
 
 
+def test_rollouts_take_every_sampler_setting(tiny_base, tiny_data, tmp_path, monkeypatch, capture):
+    import d1.train.grpo as grpo_module
+
+    seen = []
+    real = grpo_module.generate
+    monkeypatch.setattr(grpo_module, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "thr", max_steps=1, gen_length=16, steps=8, threshold=0.5,
+                      remasking="random", logp_estimator="blockwise")
+    run_grpo(cfg)
+    wanted = cfg.sampler.generate_kwargs()
+    assert wanted["threshold"] == 0.5 and wanted["steps"] == 8
+    assert seen and all({k: kw[k] for k in wanted} == wanted for kw in seen)
+    assert capture["rollouts"][0].ids.shape[1] == capture["rollouts"][0].prompt_len + 16
+
+
 def test_completions_end_at_the_first_stop_token(tiny_base, tiny_data, tmp_path, capture):
-    run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "eos", max_steps=1, gen_length=16, diffusion_steps=8))
+    run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "eos", max_steps=1, gen_length=16, steps=8))
     ro = capture["rollouts"][0]
     ids = token_ids(load_model(tiny_base), load_tokenizer(tiny_base))
     completions = ro.ids[:, ro.prompt_len:]
@@ -351,7 +373,7 @@ def test_grpo_raises_a_dense_reward(tiny_base, tiny_data, tmp_path, monkeypatch)
     out = tmp_path / "dense"
     torch.manual_seed(0)  # nothing may depend on it: the run's randomness comes from cfg.seed
     run_grpo(grpo_config(tiny_base, tiny_data, out, num_generations=8, generation_batch_size=32, batch_size=16,
-                         grad_accum=2, gen_length=16, block_length=16, diffusion_steps=8, num_iterations=2, beta=0.0,
+                         grad_accum=2, gen_length=16, block_length=16, steps=8, num_iterations=2, beta=0.0,
                          max_steps=16, lr=1e-3, full_finetune=True, logging_steps=1))
     with open(out / "dvclive" / "plots" / "metrics" / "reward" / "mean.tsv", encoding="utf-8") as f:
         per_step = [float(row["mean"]) for row in csv.DictReader(f, delimiter="\t")]
