@@ -137,7 +137,7 @@ def _load(ref: str):
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     """Load the stage's section, run it, write its provenance record (OUT_DIR/provenance.json or --provenance)."""
-    from d1.config import default_section, load_config, read_params
+    from d1.config import check_graph_axes, default_section, load_config, read_params
     from d1.locks import stage_run
     from d1.progress import quiet_library_bars
     from d1.provenance import PROVENANCE_FILE, is_main_process, make_record, utc_now, write_provenance
@@ -145,7 +145,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     quiet_library_bars()  # in a log, only our own progress lines (d1.progress)
     config_ref, runner_ref, _, _ = STAGES[args.command]
     cls = _load(config_ref)
-    section = args.section or default_section(read_params(args.params), cls.SECTION)
+    params = read_params(args.params)
+    section = args.section or default_section(params, cls.SECTION)
+    check_graph_axes(params, section, args.params)  # the DVC graph's tasks and lengths are the profile's
     overrides = list(args.set)
     for key in ("tasks", "gen_lengths"):  # `d1 report --tasks ... --gen-lengths ...` (DVC passes the graph's axes)
         if getattr(args, key, None):
@@ -162,8 +164,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         write_provenance(args.provenance or Path(cfg.out_dir) / PROVENANCE_FILE,
                          make_record(command=args.command, section=section, started_at=started))
     if args.command == "prepare":
-        result = {"out_dir": cfg.out_dir,
-                  "counts": {t: {s: v["count"] for s, v in e.items()} for t, e in result["tasks"].items()}}
+        sets = {**result["tasks"], **result.get("sft_data", {})}  # tasks, then SFT data sets (s1k)
+        result = {"out_dir": cfg.out_dir, "counts": {t: {s: v["count"] for s, v in e.items()} for t, e in sets.items()}}
     print(json.dumps(finite_json(result), default=str, allow_nan=False))
     return 0
 

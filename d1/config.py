@@ -94,6 +94,19 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _checked_keys(cls: type, data: dict, where: str) -> dict[str, dataclasses.Field]:
+    """The init fields of dataclass ``cls`` by name; ConfigError for a moved key (``MOVED_KEYS``: says
+    where it went) or an unknown one in ``data``."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    moved = getattr(cls, "MOVED_KEYS", {})
+    for key in sorted(k for k in data if k in moved and k not in fields):
+        raise ConfigError(f"{where}.{key}: moved to {where}.{moved[key]}")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+    return fields
+
+
 def from_dict(cls: type[C], data: dict, where: str) -> C:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad types are ConfigErrors.
 
@@ -104,15 +117,7 @@ def from_dict(cls: type[C], data: dict, where: str) -> C:
     the default's, the others keep it.
     """
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    moved = getattr(cls, "MOVED_KEYS", {})
-    for key in sorted(k for k in data if k in moved and k not in fields):
-        raise ConfigError(f"{where}.{key}: moved to {where}.{moved[key]}")
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"
-        )
+    fields = _checked_keys(cls, data, where)
     kwargs = {k: _check(_over_default(fields[k], v), hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -122,6 +127,23 @@ def from_dict(cls: type[C], data: dict, where: str) -> C:
         except ConfigError as exc:
             raise ConfigError(_rebase_message(str(exc), getattr(cls, "SECTION", ""), where)) from None
     return obj
+
+
+def set_fields(obj: Any, values: dict, where: str) -> list[str]:
+    """Set fields of the dataclass instance ``obj`` from ``values``, checked as :func:`from_dict` checks a
+    section: unknown keys, moved keys and wrong types are ConfigErrors naming ``where.<key>``; a field
+    holding a dataclass (``sampler``) takes the keys named over its current value. ``obj.validate()``
+    is not run (the caller validates the result). Returns the keys set."""
+    cls = type(obj)
+    hints = typing.get_type_hints(cls)
+    _checked_keys(cls, values, where)
+    for key, value in values.items():
+        current = getattr(obj, key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current) and not isinstance(current, type):
+            init = {g.name for g in dataclasses.fields(current) if g.init}
+            value = {**{k: v for k, v in dataclasses.asdict(current).items() if k in init}, **value}
+        setattr(obj, key, _check(value, hints[key], f"{where}.{key}"))
+    return list(values)
 
 
 def _over_default(f: dataclasses.Field, value: Any) -> Any:
@@ -227,6 +249,45 @@ def get_section(params: dict, section: str, where: str | Path = "params") -> Any
             raise ConfigError(f"{where}: no {missing!r} section{extra}")
         node = node[part]
     return node
+
+
+#: The stage graph's axes: the top-level params keys dvc.yaml's foreach/matrix read -> the key of a
+#: profile that lists them. DVC cannot look a list up by the profile's name (no nested ``${...}``), so
+#: the active profile's lists are copied to the top (flows.params does it when it selects a profile).
+GRAPH_AXES = {"pipeline.tasks": "eval.tasks", "pipeline.gen_lengths": "eval.gen_lengths"}
+
+
+def profile_axes(params: dict, profile: str, where: str | Path = "params") -> dict[str, list]:
+    """{top-level axis key: the profile's list} for each axis of :data:`GRAPH_AXES` the file has at
+    the top and the profile lists (``{}`` for a params file without them)."""
+    axes = {}
+    for key, own in GRAPH_AXES.items():
+        try:
+            get_section(params, key)
+            value = get_section(params, f"{profile}.{own}")
+        except ConfigError:
+            continue
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{where}: {profile}.{own}: expected a non-empty list (the profile's {key}), "
+                              f"got {value!r}")
+        axes[key] = list(value)
+    return axes
+
+
+def check_graph_axes(params: dict, section: str, where: str | Path = "params") -> None:
+    """The graph's axes (``pipeline.tasks``, ``pipeline.gen_lengths``) hold only values of the lists of
+    the profile ``section`` belongs to (``llada-8b.sft``: ``llada-8b.eval.tasks`` ...); a subset is fine
+    (a flow run of some tasks). Catches a profile switched without its lists (``dvc exp run -S
+    profile=llada-8b`` alone would train and evaluate the 8B model at tiny's 64 tokens)."""
+    profile = section.partition(".")[0]
+    if "." not in section or not isinstance(params.get(profile), dict):
+        return
+    for key, own in profile_axes(params, profile, where).items():
+        current = get_section(params, key)
+        if not isinstance(current, list) or any(v not in own for v in current):
+            raise ConfigError(f"{where}: {key} {current!r} is not within {profile}.{GRAPH_AXES[key]} {own!r} "
+                              f"(the profile's own list); select the profile with `python -m flows.params "
+                              f"{profile}` (it copies the lists), or set {key}")
 
 
 def scope_overrides(overrides: list[str], section: str, stage: str) -> list[str]:

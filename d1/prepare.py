@@ -3,9 +3,11 @@
 For each configured task it loads (or, for Countdown/Sudoku, generates) the
 training split and loads the test split, converts rows to task Examples and
 writes ``<out_dir>/<task>/{train,test}.jsonl`` plus ``<out_dir>/manifest.json``
-(counts, sources, sha256 of every file, seed) and the resolved config. The
-output depends only on the config and the inputs (no timestamps), so DVC sees
-identical hashes when nothing changed.
+(counts, sources, sha256 of every file, seed) and the resolved config. SFT data
+sets that are not tasks (``sft_data``: s1K, :mod:`d1.data.s1k`) are read too and
+written as ``<out_dir>/<name>/{train,heldout}.jsonl``. The output depends only
+on the config and the inputs (no timestamps), so DVC sees identical hashes when
+nothing changed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, ClassVar
 
 from d1.config import write_json_atomic, write_resolved
 from d1.data.io import read_records, sha256_file, write_jsonl
+from d1.data.s1k import HELDOUT_FRACTION, SFT_DATA_FORMATS, heldout_split, read_s1k
 from d1.errors import ConfigError, DataError
 from d1.progress import progress
 from d1.tasks import available_tasks, get_task
@@ -54,16 +57,44 @@ class TaskDataConfig:
 
 
 @dataclass
+class SFTDataConfig:
+    """An SFT data set that is not a task (``prepare.sft_data.<name>``; names: d1.data.s1k.SFT_DATA_FORMATS).
+
+    source: ``hf:NAME[?split=...]`` or a local / S3 ``.jsonl/.json/.parquet`` file of the set's shape
+    (d1.data.io.read_records). heldout_fraction: the share held out of training (d1: 1%, rounded
+    down), drawn with a generator seeded from ``prepare.seed``. size: the first N rows (null: all).
+    """
+
+    source: str = ""
+    heldout_fraction: float = HELDOUT_FRACTION
+    size: int | None = None
+
+
+@dataclass
 class PrepareConfig:
     SECTION: ClassVar[str] = "prepare"
 
     out_dir: str = "data"
     seed: int = 42
     tasks: dict[str, TaskDataConfig] = field(default_factory=dict)
+    # SFT data sets that are not tasks, by name (s1k): <out_dir>/<name>/{train,heldout}.jsonl
+    sft_data: dict[str, SFTDataConfig] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.tasks:
             raise ConfigError("prepare.tasks: no task configured")
+        for name, sc in self.sft_data.items():
+            where = f"prepare.sft_data.{name}"
+            if name not in SFT_DATA_FORMATS:
+                raise ConfigError(f"{where}: unknown SFT data set {name!r}; known: {', '.join(SFT_DATA_FORMATS)}")
+            if name in self.tasks:
+                raise ConfigError(f"{where}: also a task of prepare.tasks (both would write {name}/train.jsonl)")
+            if not sc.source.strip():
+                raise ConfigError(f"{where}.source: required (hf:NAME or a data file)")
+            if not 0.0 <= sc.heldout_fraction < 1.0:
+                raise ConfigError(f"{where}.heldout_fraction: must be in [0, 1), got {sc.heldout_fraction}")
+            if sc.size is not None and sc.size <= 0:
+                raise ConfigError(f"{where}.size: must be positive, got {sc.size}")
         for name, tc in self.tasks.items():
             where = f"prepare.tasks.{name}"
             if name not in available_tasks():
@@ -162,6 +193,31 @@ def _build_splits(cfg: PrepareConfig, name: str,
     return splits
 
 
+def _sft_data_splits(cfg: PrepareConfig, name: str) -> dict[str, tuple[list[Example], str]]:
+    """{train|heldout: (examples, source description)} of the SFT data set ``name``."""
+    sc = cfg.sft_data[name]
+    examples = read_s1k(sc.source, limit=sc.size)
+    train, heldout = heldout_split(examples, sc.heldout_fraction, _task_seed(cfg.seed, f"{name}:heldout"))
+    if not train:
+        raise DataError(f"{sc.source}: no {name} row left to train on after holding out {len(heldout)}")
+    held = f"{sc.source} (held out: {sc.heldout_fraction:g}, seed {cfg.seed})"
+    return {"train": (train, sc.source), "heldout": (heldout, held)}
+
+
+def _write_splits(out: Path, name: str, splits: dict[str, tuple[list[Example], str]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    for split, (examples, source) in splits.items():
+        path = out / name / f"{split}.jsonl"
+        write_jsonl(path, (ex.to_record() for ex in examples))
+        entry[split] = {
+            "path": path.as_posix(),
+            "count": len(examples),
+            "source": source,
+            "sha256": sha256_file(path),
+        }
+    return entry
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     """Run the data-prep stage; returns the manifest (also written to out_dir).
 
@@ -173,21 +229,14 @@ def prepare(cfg: PrepareConfig) -> dict:
     # Read every source first (quick), so that a bad file or row stops the stage on one line, before the
     # progress of the (slow) generation starts.
     loaded = {name: _loaded_splits(cfg, name) for name in sorted(cfg.tasks)}
+    sft_data = {name: _sft_data_splits(cfg, name) for name in sorted(cfg.sft_data)}
     built = {name: _build_splits(cfg, name, loaded[name])
              for name in progress(sorted(cfg.tasks), desc="prepare", unit="task")}
     manifest: dict[str, Any] = {"seed": cfg.seed, "tasks": {}}
     for name, splits in built.items():
-        entry: dict[str, Any] = {}
-        for split, (examples, source) in splits.items():
-            path = out / name / f"{split}.jsonl"
-            write_jsonl(path, (ex.to_record() for ex in examples))
-            entry[split] = {
-                "path": path.as_posix(),
-                "count": len(examples),
-                "source": source,
-                "sha256": sha256_file(path),
-            }
-        manifest["tasks"][name] = entry
+        manifest["tasks"][name] = _write_splits(out, name, splits)
+    if sft_data:  # absent without SFT data sets: the manifests of task-only profiles stay as they were
+        manifest["sft_data"] = {name: _write_splits(out, name, splits) for name, splits in sft_data.items()}
     write_resolved(cfg, out)
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

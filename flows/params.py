@@ -7,6 +7,14 @@ comments kept), and leaves them there, so ``dvc.lock``, ``dvc params diff``
 and ``d1 lineage`` show exactly what ran. Overrides use DVC's syntax with
 keys from the top of params.yaml: ``tiny.grpo.lr=2e-4``,
 ``tiny.tasks=[countdown]``; an unknown key is an error (no silent additions).
+
+Selecting a profile also copies its lists of tasks and generation lengths
+(``<profile>.eval.tasks``, ``<profile>.eval.gen_lengths``) to the graph's
+axes at the top (``pipeline.tasks``, ``pipeline.gen_lengths``:
+``d1.config.GRAPH_AXES``), which dvc.yaml's foreach/matrix read: DVC cannot
+look a list up by the profile's name. Without a flow::
+
+    python -m flows.params llada-8b [--tasks gsm8k countdown]   # then dvc repro / dvc exp run
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Sequence
 
 import yaml
 
-from d1.config import get_section, read_params
+from d1.config import get_section, profile_axes, read_params
 from d1.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
@@ -32,9 +40,11 @@ def flow_overrides(
     params: dict, profile: str, tasks: Sequence[str] | None, overrides: Sequence[str] | None,
     tasks_param: str | None,
 ) -> list[str]:
-    """The ``-S``-style overrides that select ``profile`` and ``tasks`` and apply ``overrides``.
+    """The ``-S``-style overrides that select ``profile`` (and its graph axes, :func:`d1.config.profile_axes`)
+    and ``tasks`` and apply ``overrides``.
 
-    ``tasks`` must be a subset of the list at ``tasks_param`` (the profile's tasks).
+    ``tasks`` must be a subset of the list at ``tasks_param`` (the profile's tasks: when ``tasks_param``
+    is an axis the profile lists, the profile's list).
     """
     known = profiles(params)
     if profile not in known:
@@ -42,17 +52,21 @@ def flow_overrides(
     if "profile" not in params:
         raise ConfigError(f"{PARAMS_FILE}: no top-level 'profile' key to select profile {profile!r} with")
     result = [f"profile={profile}"]
+    axes = profile_axes(params, profile, PARAMS_FILE)
     if tasks:
         if not tasks_param:
             raise ConfigError(f"tasks {list(tasks)}: {profile}.flow.tasks_param is not set, "
                               "so the flow does not know which params key lists the tasks")
-        available = get_section(params, tasks_param, PARAMS_FILE)
+        available = axes[tasks_param] if tasks_param in axes else get_section(params, tasks_param, PARAMS_FILE)
         if not isinstance(available, list):
             raise ConfigError(f"{tasks_param}: expected the list of the profile's tasks, got {available!r}")
         unknown = [t for t in tasks if t not in available]
         if unknown:
             raise ConfigError(f"tasks: {unknown[0]!r} is not one of {tasks_param} = {available}")
+        axes.pop(tasks_param, None)
         result.append(f"{tasks_param}={json.dumps(list(tasks))}")
+    given = {str(item).partition("=")[0].strip() for item in overrides or []}  # an explicit override wins
+    result.extend(f"{key}={json.dumps(value)}" for key, value in axes.items() if key not in given)
     for item in overrides or []:
         key, sep, _ = str(item).partition("=")
         if not sep or not key.strip():
@@ -106,3 +120,30 @@ def apply_flow_params(
     written = flow_overrides(params, profile, tasks, overrides, tasks_param)
     write_overrides(root, written)
     return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.params PROFILE [--tasks T ...] [--set KEY=VALUE ...]``: what the flow writes, by hand."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m flows.params", description=(
+        "Select a profile in ./params.yaml as the d1-full flow does: profile=PROFILE and the profile's tasks "
+        "and generation lengths as the graph's axes (pipeline.tasks, pipeline.gen_lengths), written like "
+        "`dvc exp run -S` (comments kept). Then run `dvc repro` or `dvc exp run`."))
+    parser.add_argument("profile")
+    parser.add_argument("--tasks", nargs="+", help="only these of the profile's tasks")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="more overrides, keys from the top of params.yaml (tiny.grpo.lr=2e-4)")
+    args = parser.parse_args(argv)
+    try:
+        written = apply_flow_params(".", args.profile, args.tasks, args.overrides)
+    except ConfigError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    print(" ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

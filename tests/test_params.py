@@ -73,6 +73,7 @@ def test_stage_chain_is_wired(repo_root, profile):
         assert cfg["base"].pretrain.data_dir == data
     prepared = set(cfg["prepare"].tasks)
     assert set(cfg["sft"].tasks) <= prepared and set(cfg["eval"].tasks) <= prepared
+    assert set(cfg["sft"].sft_data) <= set(cfg["prepare"].sft_data)  # SFT data sets that are not tasks (s1k)
 
 
 def test_pipeline_axes_fit_the_default_profiles(repo_root, params):

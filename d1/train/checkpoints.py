@@ -58,10 +58,11 @@ CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step-"
 COMPLETE = "complete.json"
 METRICS_COPY = "metrics"
-#: config keys that may change between a run and its resumption (they do not change the trajectory)
+#: config keys that may change between a run and its resumption (they do not change the trajectory;
+#: grpo.per_task: the entry a run applied is in the fields it set, the other tasks' entries are not its)
 RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps",
                                "out_dir", "logging_dir", "merge_adapter", "checkpoint_root",
-                               "keep_old_checkpoints", "max_nonfinite_steps", "checkpoint_store"})
+                               "keep_old_checkpoints", "max_nonfinite_steps", "checkpoint_store", "per_task"})
 FINGERPRINT = "fingerprint.json"
 
 

@@ -101,7 +101,7 @@ class TrainConfigBase:
         s = self.SECTION
         from d1.tasks import available_tasks
 
-        if not self.tasks:
+        if not self.tasks and not self.other_data():
             fail_at(f"{s}.tasks", "no task given")
         for name in self.tasks:
             if name not in available_tasks():
@@ -153,6 +153,11 @@ class TrainConfigBase:
                 fail_at(f"{s}.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
             if not self.lora_target_modules:
                 fail_at(f"{s}.lora_target_modules", "no module given")
+
+    def other_data(self) -> list[str]:
+        """What the stage trains on besides the tasks' train splits (SFT: its ``sft_data`` sets); with
+        any, ``tasks`` may be empty."""
+        return []
 
     @property
     def dvclive_dir(self) -> str:

@@ -16,9 +16,12 @@ Known differences from d1's settings, by design:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from d1.config import set_fields
+from d1.errors import ConfigError
 from d1.generation.sampler_config import SamplerConfig
 from d1.train.configs import (
     TrainConfigBase,
@@ -81,6 +84,13 @@ class GRPOConfig(TrainConfigBase):
     evaluation uses too); defaults to d1's rollouts: gen_length 256, block 32, steps
     128 (null: gen_length / 2), temperature 0.9, low-confidence remasking. A
     ``sampler`` section replaces only the keys it names.
+    per_task: settings of a run of one task, over the section's: ``{countdown:
+    {num_iterations: 8}}`` applies when ``tasks`` is ``[countdown]`` (one DVC
+    ``grpo@<task>`` stage per task reads the one ``grpo`` section; d1 ran mu 12
+    on GSM8K/MATH and 8 on Countdown/Sudoku). A ``sampler`` entry replaces only
+    the keys it names. Every entry is checked whatever the run's task (unknown
+    task, unknown key, bad value); a run of several tasks with an entry for one
+    of them is an error (which entry would win is not obvious).
     """
 
     SECTION: ClassVar[str] = "grpo"
@@ -128,8 +138,45 @@ class GRPOConfig(TrainConfigBase):
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj"])
     load_in_4bit: bool = False
     merge_adapter: bool = False
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
+        """Apply the ``per_task`` entry of a one-task run, then check every value."""
+        from d1.tasks import available_tasks
+
+        s = self.SECTION
+        for task, values in self.per_task.items():
+            where = f"{s}.per_task.{task}"
+            if task not in available_tasks():
+                fail_at(f"{s}.per_task", f"unknown task {task!r}; available: {', '.join(available_tasks())}")
+            for key in ("tasks", "per_task"):
+                if key in values:
+                    fail_at(f"{where}.{key}", "cannot be set per task")
+            # every entry is checked now, not only when its task's stage runs
+            trial = dataclasses.replace(self, tasks=[task], per_task={})
+            set_fields(trial, values, where)
+            trial._validate_as(where, values)
+        mine = [t for t in self.tasks if t in self.per_task]
+        if mine and len(self.tasks) > 1:
+            fail_at(f"{s}.per_task", f"holds settings for {', '.join(mine)}, which apply to a run of that task "
+                    f"alone; {s}.tasks is {self.tasks}")
+        if mine:
+            set_fields(self, self.per_task[mine[0]], f"{s}.per_task.{mine[0]}")
+        self._check_values()
+
+    def _validate_as(self, where: str, values: dict) -> None:
+        """``_check_values``, naming a bad value set by a per-task entry by that entry (``where.<key>``)."""
+        s = self.SECTION
+        try:
+            self._check_values()
+        except ConfigError as exc:
+            message = str(exc)
+            for key in values:
+                if message.startswith((f"{s}.{key}:", f"{s}.{key}.")):
+                    raise ConfigError(where + message[len(s):]) from None
+            raise
+
+    def _check_values(self) -> None:
         super().validate()
         s = self.SECTION
         for key in ("num_generations", "generation_batch_size", "max_prompt_length", "num_iterations"):

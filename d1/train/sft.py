@@ -1,7 +1,9 @@
 """Masked SFT (d1): the stage that fine-tunes a model on worked solutions.
 
 Data: the prepared train split of every task in ``cfg.tasks`` (examples with
-a worked ``solution``). An example becomes
+a worked ``solution``), then of every SFT data set in ``cfg.sft_data`` (s1K,
+d1's SFT data: :mod:`d1.data.s1k`, whose user turn is d1's SFT prompt). An
+example becomes
 
 * prompt = ``apply_chat_template(task.messages(ex), add_generation_prompt=True)``
   (the user turn and the assistant header: the exact prompt GRPO rollouts and
@@ -47,8 +49,10 @@ from d1.train.run import TrainingRun, save_final
 
 def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_length: int,
              max_examples: int | None = None, prefix_marker: str = "", prefix_fraction: float = 1.0,
-             prefix_pattern: str = "", seed: int = 0) -> tuple[TokenRows, dict]:
-    """Tokenised SFT rows of the tasks' prepared train splits, and counts of what was kept.
+             prefix_pattern: str = "", seed: int = 0, sft_data: Sequence[str] = ()) -> tuple[TokenRows, dict]:
+    """Tokenised SFT rows of the tasks' prepared train splits, then of the SFT data sets ``sft_data``
+    (``<data_dir>/<name>/train.jsonl``, :mod:`d1.data.s1k`), and counts of what was kept.
+    ``max_examples`` caps each task and each data set.
 
     ``prefix_marker`` (extension, off when empty): a ``prefix_fraction`` of the
     examples whose response contains the marker (drawn with ``seed``) get one more
@@ -60,6 +64,7 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
         raise ConfigError("sft: set prefix_marker or prefix_pattern, not both")
     pattern = re.compile(prefix_pattern) if prefix_pattern else None
     prefixed = bool(prefix_marker or prefix_pattern)
+    from d1.data.s1k import SFT_DATA_FORMATS
     from d1.prepare import read_split
     from d1.tasks import get_task
 
@@ -70,8 +75,12 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
     if prefixed:
         stats["prefix_skipped"] = 0
     chooser = random.Random(seed)
-    for name in task_names:
-        task = get_task(name)
+    sources = [(name, get_task(name)) for name in task_names]
+    for name in sft_data:
+        if name not in SFT_DATA_FORMATS:
+            raise ConfigError(f"sft.sft_data: unknown SFT data set {name!r}; known: {', '.join(SFT_DATA_FORMATS)}")
+        sources.append((name, SFT_DATA_FORMATS[name]))
+    for name, task in sources:
         examples = read_split(data_dir, name, "train")
         if max_examples is not None:
             examples = examples[:max_examples]
@@ -102,7 +111,8 @@ def sft_rows(tokenizer: Any, data_dir: str, task_names: Sequence[str], *, max_le
                     elif chooser.random() < prefix_fraction:
                         copies.append(copy)
         if len(prompts) == kept_before:
-            raise DataError(f"sft: task {name!r} has no usable training example (worked solution, prompt shorter "
+            kind = "task" if name in task_names else "SFT data set"
+            raise DataError(f"sft: {kind} {name!r} has no usable training example (worked solution, prompt shorter "
                             f"than max_length {max_length}) in {data_dir}")
     for p_ids, r_ids in copies:
         prompts.append(p_ids)
@@ -177,7 +187,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, callbacks: Sequence[StepCal
     rows, data_stats = sft_rows(tokenizer, cfg.data_dir, cfg.tasks, max_length=cfg.max_length,
                                 max_examples=cfg.max_examples, prefix_marker=cfg.prefix_marker,
                                 prefix_fraction=cfg.prefix_fraction, prefix_pattern=cfg.prefix_pattern,
-                                seed=cfg.seed)
+                                seed=cfg.seed, sft_data=cfg.sft_data)
     model = prepare_trainable(model, cfg)
     params = count_parameters(model)
     last = train_masked_diffusion(run, model, tokenizer, rows, mask_id=ids.mask_id, eos_id=ids.eos_id,

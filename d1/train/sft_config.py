@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from d1.data.s1k import SFT_DATA_FORMATS
 from d1.train.configs import (
     TrainConfigBase,
     fail_at,
@@ -18,8 +19,9 @@ class SFTConfig(TrainConfigBase):
     """Masked SFT (d1 ``SFT/sft_train.py``): defaults are d1's LLaDA setting.
 
     Examples are the prepared train splits of ``tasks`` with a worked
-    ``solution`` (d1 used s1K, which is not a task here; put it in a task to use
-    it). ``merge_adapter``: after LoRA training, merge the adapter into the base
+    ``solution``, then those of the SFT data sets ``sft_data`` that ``d1 prepare``
+    wrote (``prepare.sft_data``; d1 trained on s1K alone: ``tasks: []``,
+    ``sft_data: [s1k]``, :mod:`d1.data.s1k`). ``merge_adapter``: after LoRA training, merge the adapter into the base
     and write the standalone model to ``<out_dir>/model`` (d1 practice before RL).
 
     ``prefix_marker`` (extension, not in d1; empty = off, d1's data): a
@@ -34,6 +36,8 @@ class SFTConfig(TrainConfigBase):
 
     SECTION: ClassVar[str] = "sft"
 
+    # SFT data sets prepared by `d1 prepare` (prepare.sft_data), e.g. [s1k]: <data_dir>/<name>/train.jsonl
+    sft_data: list[str] = field(default_factory=list)
     out_dir: str = "outputs/sft"
     max_length: int = 4096  # every row is padded with EOS to this length (d1)
     pad_to: str = "max_length"  # or "longest": the longest row of the optimiser step (d1.train.sft)
@@ -57,9 +61,17 @@ class SFTConfig(TrainConfigBase):
     prefix_fraction: float = 1.0
     prefix_pattern: str = ""
 
+    def other_data(self) -> list[str]:
+        return list(self.sft_data)
+
     def validate(self) -> None:
         super().validate()
         s = self.SECTION
+        for name in self.sft_data:
+            if name not in SFT_DATA_FORMATS:
+                fail_at(f"{s}.sft_data", f"unknown SFT data set {name!r}; known: {', '.join(SFT_DATA_FORMATS)}")
+        if len(set(self.sft_data)) != len(self.sft_data):
+            fail_at(f"{s}.sft_data", f"a data set is listed twice: {self.sft_data}")
         if self.prefix_marker and self.prefix_pattern:
             fail_at(f"{s}.prefix_pattern", f"set prefix_marker or prefix_pattern, not both (prefix_marker is "
                   f"{self.prefix_marker!r})")

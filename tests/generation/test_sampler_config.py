@@ -214,23 +214,25 @@ def test_round_trip_through_params_loading_and_the_resolved_config(tmp_path):
 
 
 def test_the_projects_profiles_keep_their_sampler_values(repo_root):
+    """The schedule values of each profile; llada-8b keeps LLaDA's exact sampler (d1's setting), tiny and
+    micro sample with the dual cache and threshold 0.9 (benchmarks/sampler_speed.py)."""
     path = repo_root / "params.yaml"
-    expected = {  # what the flat keys held before the sampler section
+    expected = {  # profile: rollouts, evaluation, (cache, threshold) of both
         "tiny": ({"gen_length": 64, "block_length": 32, "steps": 32, "temperature": 0.9},
-                 {"block_length": 32, "steps": 32}),
+                 {"block_length": 32, "steps": 32}, ("dual", 0.9)),
         "llada-8b": ({"gen_length": 256, "block_length": 32, "steps": 128, "temperature": 0.9},
-                     {"block_length": 32, "temperature": 0.0}),
+                     {"block_length": 32, "temperature": 0.0}, ("none", None)),
         "micro": ({"gen_length": 32, "block_length": 32, "steps": 8, "temperature": 0.9},
-                  {"block_length": 32, "steps": 12}),
+                  {"block_length": 32, "steps": 12}, ("dual", 0.9)),
     }
-    for profile, (rollouts, evaluation) in expected.items():
+    for profile, (rollouts, evaluation, fast) in expected.items():
         grpo = load_config(GRPOConfig, path, section=f"{profile}.grpo")
         kwargs = grpo.sampler.generate_kwargs()
         assert {k: kwargs[k] for k in rollouts} == rollouts, profile
         assert (kwargs["remasking"], kwargs["cfg_scale"], kwargs["cache"], kwargs["threshold"]) == (
-            "low_confidence", 0.0, "none", None)
+            "low_confidence", 0.0, *fast), profile
         ev = load_config(EvalConfig, path, section=f"{profile}.eval")
-        assert ev.sampler.gen_length is None and ev.sampler.cache == "none" and ev.sampler.threshold is None
+        assert ev.sampler.gen_length is None and (ev.sampler.cache, ev.sampler.threshold) == fast, profile
         assert ev.sampler.temperature == 0.0 and ev.sampler.remasking == "low_confidence"
         for key, value in evaluation.items():
             assert getattr(ev.sampler, key) == value, (profile, key)
