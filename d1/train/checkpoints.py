@@ -15,11 +15,12 @@ Each ``step-N`` is written to a temporary folder and renamed, so a kill while
 saving leaves no half checkpoint::
 
     model/               save_pretrained: the LoRA adapter, or the full model, + tokenizer
-    optimizer.pt         optimiser state (AdamW moments, step counts)
+    optimizer.pt         optimiser state (AdamW moments, step counts); under FSDP gathered from
+                         the shards and keyed by parameter name (:mod:`d1.train.fsdp`)
                          (every .pt file holds tensors and plain data only and is read with
                          ``weights_only=True``: a checkpoint never runs code)
     scheduler.pt         learning-rate scheduler state
-    trainer_state.json   {"global_step", "stage", "config"} (+ stage extras)
+    trainer_state.json   {"global_step", "stage", "num_processes", "sharding", "config"} (+ stage extras)
     rng_state_<rank>.pt  torch / CUDA / python / numpy RNG states of each process
     <stage extras>       e.g. GRPO's rollouts_<rank>.pt when saved mid-round
     metrics/             the run's metrics folder (metrics.json, plots) as of this step
@@ -49,7 +50,8 @@ import torch
 from d1.config import to_dict, write_json_atomic
 from d1.errors import ConfigError
 from d1.train.checkpoint_store import CheckpointStore
-from d1.train.common import MODEL_DIR, load_trainable_state, save_model_dir
+from d1.train import fsdp
+from d1.train.common import MODEL_DIR, is_peft, load_trainable_state, save_model_dir
 from d1.train.metrics import clear_metrics_folder
 
 log = logging.getLogger(__name__)
@@ -233,6 +235,11 @@ def load_state(path: Path, *, map_location: Any = "cpu") -> Any:
                           "weights_only=True: tensors and plain data only)") from None
 
 
+def _sharding(accelerator: Any) -> str:
+    """How the run holds its weights: ``fsdp`` (shards, name-keyed optimiser state) or ``replicated``."""
+    return "fsdp" if fsdp.is_fsdp(accelerator) else "replicated"
+
+
 @dataclasses.dataclass
 class ResumeState:
     step: int
@@ -267,11 +274,20 @@ class Checkpointer:
         final = self.root / f"{STEP_PREFIX}{step}"
         tmp = self.root / f".{STEP_PREFIX}{step}.tmp"
         acc.wait_for_everyone()
+        sharded = fsdp.is_fsdp(acc)
+        if sharded:  # collectives: every process gathers its shards, the main one receives them
+            model_state = fsdp.full_model_state(model, trainable_only=is_peft(acc.unwrap_model(model)))
+            optimizer_state = fsdp.full_optimizer_state(model, optimizer)
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_model_dir(acc.unwrap_model(model), tokenizer, tmp / MODEL_DIR)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if sharded:
+                save_model_dir(acc.unwrap_model(model), tokenizer, tmp / MODEL_DIR, state_dict=model_state)
+                torch.save(optimizer_state, tmp / "optimizer.pt")
+                del model_state, optimizer_state
+            else:
+                save_model_dir(acc.unwrap_model(model), tokenizer, tmp / MODEL_DIR)
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         acc.wait_for_everyone()
         rank = acc.process_index
@@ -284,7 +300,7 @@ class Checkpointer:
             if metrics.is_dir():  # the curves so far, for a resume whose logging folder is gone
                 shutil.copytree(metrics, tmp / METRICS_COPY)
             state = {"global_step": step, "stage": self.stage, "num_processes": acc.num_processes,
-                     "config": to_dict(self.cfg), **(extra_state or {})}
+                     "sharding": _sharding(acc), "config": to_dict(self.cfg), **(extra_state or {})}
             write_json_atomic(tmp / "trainer_state.json", state)
             write_complete_marker(tmp, step)
             shutil.rmtree(final, ignore_errors=True)
@@ -352,6 +368,10 @@ class Checkpointer:
             if state.get("num_processes") != self.accelerator.num_processes:
                 raise ConfigError(f"{path}: saved by {state.get('num_processes')} processes, resumed with "
                                   f"{self.accelerator.num_processes}; resume with the same number")
+            saved_sharding = state.get("sharding", "replicated")  # checkpoints from before FSDP: replicated
+            if saved_sharding != _sharding(self.accelerator):
+                raise ConfigError(f"{path}: saved by a {saved_sharding} run, resumed by a "
+                                  f"{_sharding(self.accelerator)} one; resume with the same accelerate config")
             step_saved = state.get("global_step") if isinstance(state, dict) else None
             if not isinstance(step_saved, int) or step_saved != step:
                 log.warning("%s: skipping checkpoint %s: trainer_state.json says step %r", self.stage, path,
@@ -361,12 +381,21 @@ class Checkpointer:
             return ResumeState(step=step_saved, path=path, trainer_state=state)
         return None
 
+    def restore_weights(self, resume: ResumeState, model: torch.nn.Module) -> None:
+        """Load the checkpoint's weights into ``model`` before ``accelerator.prepare`` (which shards it
+        under FSDP)."""
+        load_trainable_state(model, resume.path / MODEL_DIR)
+
     def restore(self, resume: ResumeState, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
-        """Load weights, optimiser, scheduler and this process's RNG states from ``resume``."""
+        """Load optimiser, scheduler and this process's RNG states from ``resume`` into the prepared
+        ``model``'s optimiser (the weights: :meth:`restore_weights`, before ``prepare``)."""
         path = resume.path
-        load_trainable_state(self.accelerator.unwrap_model(model), path / MODEL_DIR)
-        # The optimiser moves its state to each parameter's device itself.
-        optimizer.load_state_dict(load_state(path / "optimizer.pt"))
+        if fsdp.is_fsdp(self.accelerator):  # read on the main process, sharded to all (a collective)
+            main = self.accelerator.is_main_process
+            fsdp.load_full_optimizer_state(model, optimizer, load_state(path / "optimizer.pt") if main else {})
+        else:
+            # The optimiser moves its state to each parameter's device itself.
+            optimizer.load_state_dict(load_state(path / "optimizer.pt"))
         scheduler.load_state_dict(load_state(path / "scheduler.pt"))
         rng_file = path / f"rng_state_{self.accelerator.process_index}.pt"
         if rng_file.is_file():

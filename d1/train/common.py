@@ -226,10 +226,17 @@ def is_peft(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_model_dir(model: torch.nn.Module, tokenizer: Any, path: Path) -> Path:
-    """``save_pretrained`` of the model (the adapter only for a LoRA model) and the tokenizer."""
+def save_model_dir(model: torch.nn.Module, tokenizer: Any, path: Path,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """``save_pretrained`` of the model (the adapter only for a LoRA model) and the tokenizer.
+
+    ``state_dict``: the weights to write instead of the model's own (FSDP: gathered from the shards).
+    """
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=True)
+    if state_dict is None:
+        model.save_pretrained(str(path), safe_serialization=True)
+    else:
+        model.save_pretrained(str(path), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path

@@ -2,8 +2,9 @@
 
 A *round* (per process): ``batch_size * grad_accum / G`` prompts, G rollouts
 each with the shared sampler (:func:`d1.generation.generate`, temperature > 0,
-a generator seeded by (seed, round, process)); rewards from the task registry
-(the sum of the task's components, each component logged); group advantages
+one generator per sampler call seeded by (seed, round, the call's first row in
+the round), so the number of processes does not change them); rewards from the
+task registry (the sum of the task's components, each component logged); group advantages
 ``r - mean(group)`` (divided by the group std only with ``scale_rewards``);
 ``mu`` mask seeds. Then ``mu`` optimiser steps over those rollouts: in
 iteration j, every completion token is masked and each prompt token is masked
@@ -201,6 +202,13 @@ class DiffuGRPO:
         # "coupled": the G completions of a prompt share each iteration's split
         self.coupled_group = self.cfg.num_generations if self.cfg.logp_estimator == "coupled" else None
 
+    def score_mask(self, ro: Rollouts, rows: slice) -> torch.Tensor | None:
+        """The scored tokens given to the estimator, which skips a pass that scores none of them
+        (``blockwise``, ``coupled``, ``replay``). Under FSDP every pass is run (None): each gathers
+        weights, so every process must run as many; the skipped passes' tokens are not kept, so the
+        loss is the same."""
+        return None if self.run.uses_fsdp else ro.keep[rows]
+
     # ------------------------------------------------------------------ steps and rounds
     def total_steps(self) -> int:
         cfg = self.cfg
@@ -225,19 +233,31 @@ class DiffuGRPO:
         # TRL layout: the G completions of a prompt are consecutive.
         prompt_ids, prompt_attention = left_pad([it.token_ids for it in items for _ in range(G)], self.ids.pad_id)
         prompt_ids, prompt_attention = prompt_ids.to(device), prompt_attention.to(device)
+        with run.full_params():  # FSDP: gathered once, so ranks may run different numbers of passes
+            return self._make_rollouts(round_index, items, prompt_ids, prompt_attention)
+
+    def _make_rollouts(self, round_index: int, items: list[PromptItem], prompt_ids: torch.Tensor,
+                       prompt_attention: torch.Tensor) -> Rollouts:
+        cfg, run = self.cfg, self.run
+        device = run.device
+        G = cfg.num_generations
         policy = run.unwrapped
         was_training = policy.training
         policy.eval()
         start = time.perf_counter()
-        generator = make_generator(cfg.seed, "grpo", "rollout", round_index, run.rank, device=device)
         chunks = []
         replay = cfg.logp_estimator == "replay"
         sampler = cfg.sampler.generate_kwargs()
         decode_order = (torch.full((prompt_ids.shape[0], sampler["gen_length"]), -1, dtype=torch.long,
                                    device=device) if replay else None)
+        first_row = run.rank * prompt_ids.shape[0]  # this process's first row in the round's rollouts
         with run.accelerator.autocast():
             for lo in range(0, prompt_ids.shape[0], cfg.generation_batch_size):
                 hi = lo + cfg.generation_batch_size
+                # One generator per sampler call, keyed by the call's first row in the whole round: the
+                # split over processes does not change the rollouts (one call per process: the key was
+                # the process index, and a single process draws what it did).
+                generator = make_generator(cfg.seed, "grpo", "rollout", round_index, first_row + lo, device=device)
                 chunks.append(generate(policy, prompt_ids[lo:hi], **sampler, mask_id=self.ids.mask_id,
                                        attention_mask=prompt_attention[lo:hi], generator=generator,
                                        decode_order=decode_order[lo:hi] if replay else None))
@@ -303,7 +323,8 @@ class DiffuGRPO:
             out.append(per_token_logps(model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
                                        attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl],
+                                       score_mask=self.score_mask(ro, sl),
+                                       coupled_mask=None if split is None else split[sl],
                                        unmask_order=None if ro.unmask_order is None else ro.unmask_order[sl]))
         return torch.cat(out)
 
@@ -378,7 +399,8 @@ class DiffuGRPO:
                 logp = per_token_logps(run.model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
                                        p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
                                        attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=ro.keep[sl], coupled_mask=None if split is None else split[sl],
+                                       score_mask=self.score_mask(ro, sl),
+                                       coupled_mask=None if split is None else split[sl],
                                        unmask_order=None if ro.unmask_order is None else ro.unmask_order[sl])
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None

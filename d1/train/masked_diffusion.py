@@ -9,9 +9,11 @@ gradient; d1 (HF Trainer) normalised each micro-batch by its own count and
 averaged, which is the same thing when rows have a fixed length and no
 prompt, and close otherwise.
 
-The masks of a step are drawn for the whole per-process batch at once from a
-generator seeded by (seed, step, process), then split into micro-batches, so
-the micro-batch size does not change them.
+The masks of a step are drawn for the whole optimiser batch (every process's
+rows) at once from a generator seeded by (seed, step); each process takes its
+rows and splits them into micro-batches, so neither the micro-batch size nor
+the number of processes changes them: 2 processes x 1 micro-batch train as
+1 process x 2 accumulated micro-batches do (tests/train/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -89,18 +91,22 @@ def train_masked_diffusion(
     for step in range(start, total):
         timer = StepTimer()
         indices = positions_for_step(step, per_step, len(rows), cfg.seed)
-        mine = indices[run.rank * per_process:(run.rank + 1) * per_process]
         length = max_length
         if pad_to_longest:
             length = min(max_length, max(len(rows.prompts[i]) + len(rows.responses[i]) for i in indices))
-        batch = sft_collate([rows.prompts[i] for i in mine], [rows.responses[i] for i in mine],
+        # Every process collates and masks the whole optimiser batch, then keeps its rows. The generator
+        # (CPU: device-independent) is keyed by the step; the trailing 0 (once the process index) keeps
+        # a single process's masks as they were.
+        batch = sft_collate([rows.prompts[i] for i in indices], [rows.responses[i] for i in indices],
                             eos_id=eos_id, max_length=length)
-        input_ids, prompt_mask = batch["input_ids"], batch["prompt_mask"]
-        generator = make_generator(cfg.seed, cfg.SECTION, "mask", step, run.rank)  # CPU: device-independent
-        t = sample_mask_ratio(per_process, eps=mask_eps, generator=generator, device="cpu")
-        noisy, is_masked = forward_mask(input_ids, ~prompt_mask, t, mask_id, generator=generator)
-        input_ids, noisy, is_masked, t = (x.to(device) for x in (input_ids, noisy, is_masked, t))
-        num_response = reduce_sum(run.accelerator, count_response_tokens(prompt_mask), device)
+        generator = make_generator(cfg.seed, cfg.SECTION, "mask", step, 0)
+        t_all = sample_mask_ratio(per_step, eps=mask_eps, generator=generator, device="cpu")
+        noisy, is_masked = forward_mask(batch["input_ids"], ~batch["prompt_mask"], t_all, mask_id,
+                                        generator=generator)
+        num_response = float(count_response_tokens(batch["prompt_mask"]))  # of the whole optimiser batch
+        mine = slice(run.rank * per_process, (run.rank + 1) * per_process)
+        input_ids, noisy, is_masked, t = (x[mine].to(device)
+                                          for x in (batch["input_ids"], noisy, is_masked, t_all))
 
         loss_sum, ce_sum, masked = 0.0, 0.0, 0
         for micro in range(cfg.grad_accum):
@@ -125,11 +131,11 @@ def train_masked_diffusion(
             "train/loss": reduce_sum(acc, loss_sum, device),
             # d1's "unscaled_loss": mean cross-entropy over masked tokens, without the 1/t weight
             "train/unscaled_loss": reduce_sum(acc, ce_sum, device) / max(total_masked, 1.0),
-            "train/mask_ratio": reduce_sum(acc, float(t.sum()), device) / per_step,
+            "train/mask_ratio": float(t_all.sum()) / per_step,
             "train/grad_norm": run.grad_norm,
             "train/lr": lr,
             "train/epoch": (step + 1) * per_step / len(rows),
-            "train/truncated_rows": reduce_sum(acc, int(batch["truncated"].sum()), device),
+            "train/truncated_rows": int(batch["truncated"].sum()),
             "perf/tokens_per_s": per_step * length / timer.elapsed(),
         }
         run.end_step(step, metrics, tokenizer=tokenizer, callbacks=callbacks)

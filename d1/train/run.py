@@ -1,4 +1,10 @@
-"""One training run: the accelerator, optimiser, scheduler, checkpoints and metrics a loop shares."""
+"""One training run: the accelerator, optimiser, scheduler, checkpoints and metrics a loop shares.
+
+Single process, DDP (``infra/gpu/accelerate/8gpu.yaml``) and FSDP2
+(``8gpu-fsdp.yaml``) run the same loops; what FSDP does differently (sharded
+weights gathered for saving and for generation, resume before sharding) is in
+:mod:`d1.train.fsdp`.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 
 from d1.config import atomic_dir
 from d1.errors import TrainingError
+from d1.train import fsdp
 from d1.train.checkpoints import Checkpointer
 from d1.train.common import (
     MODEL_DIR,
@@ -50,6 +57,9 @@ class TrainingRun:
         self.cfg = cfg
         self.stage = stage
         self.accelerator = build_accelerator(cfg)
+        fsdp.check_supported(self.accelerator)
+        #: FSDP2: every process holds a shard of each weight (:mod:`d1.train.fsdp`)
+        self.uses_fsdp = fsdp.is_fsdp(self.accelerator)
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.num_processes = self.accelerator.num_processes
@@ -67,6 +77,7 @@ class TrainingRun:
             self.checkpointer.clear()  # a fresh run must not resume into an earlier run's checkpoints later
         self.model = self.optimizer = self.scheduler = self.logger = None
         self.total_steps = 0
+        self.load_dtypes: dict[str, torch.dtype] = {}  # each weight's dtype before prepare
         self.grad_norm: float | None = None
         # the non-finite guard: this step's update skipped; skipped steps in all and in a row
         self.update_skipped = False
@@ -85,8 +96,22 @@ class TrainingRun:
         return self.accelerator.is_main_process
 
     def setup(self, model: torch.nn.Module, total_steps: int) -> int:
+        """Optimiser, scheduler, ``accelerator.prepare``, resume; returns the step to start from.
+
+        A checkpoint's weights go into the plain model before ``prepare`` (which
+        shards it under FSDP); optimiser, scheduler and RNG states after.
+        """
         cfg = self.cfg
         self.total_steps = total_steps
+        self.load_dtypes = {name: p.dtype for name, p in model.named_parameters()}
+        if self.uses_fsdp and self.accelerator.mixed_precision != "no":
+            # accelerate's FSDP2 prepare keeps fp32 master copies of the trainable weights; make them
+            # here, so that a checkpoint's fp32 weights load without rounding.
+            for p in model.parameters():
+                if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+                    p.data = p.data.float()
+        if self.resume_state is not None:
+            self.checkpointer.restore_weights(self.resume_state, model)
         optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
         # The scheduler is stepped by hand once per optimiser step (accelerate's prepared scheduler
@@ -105,12 +130,26 @@ class TrainingRun:
 
     @property
     def unwrapped(self) -> torch.nn.Module:
+        """The model without its DDP wrapper. Under FSDP2 the prepared model itself: its weights are
+        shards and a forward pass gathers them (use :meth:`full_params` around generation)."""
         return self.accelerator.unwrap_model(self.model)
+
+    def full_params(self) -> contextlib.AbstractContextManager:
+        """Around no-grad forward passes whose number may differ between processes (generation): under
+        FSDP every process gathers the full weights once (:func:`d1.train.fsdp.full_params`); otherwise
+        nothing. Every process must enter it."""
+        return fsdp.full_params(self.model) if self.uses_fsdp else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def micro_step(self, step: int, micro: int) -> Iterator[None]:
-        """Gradient accumulation (no DDP sync before the last micro-batch), autocast and seeded dropout."""
-        seed = derive_seed(self.cfg.seed, self.stage, "dropout", step, micro, self.rank)
+        """Gradient accumulation (no DDP sync before the last micro-batch), autocast and seeded dropout.
+
+        The dropout seed is a function of the micro-batch's place in the optimiser batch
+        (``rank * grad_accum + micro``), so 2 processes x 1 micro-batch draw what 1 process x 2 does
+        (the trailing 0 keeps a single process's seeds as they were when the rank was the key).
+        """
+        place = self.rank * self.cfg.grad_accum + micro
+        seed = derive_seed(self.cfg.seed, self.stage, "dropout", step, place, 0)
         with self.accelerator.accumulate(self.model), scoped_rng(seed, self.device):
             with self.accelerator.autocast():
                 yield
@@ -179,11 +218,29 @@ class TrainingRun:
                 "from these weights")
 
     def check_finite_weights(self, done: int) -> None:
-        """TrainingError when a trainable weight is not finite: nothing is ever saved from such weights."""
-        for name, param in self.unwrapped.named_parameters():
-            if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
-                raise TrainingError(f"{self.stage}: step {done}: weight {name} is not finite "
-                                    f"(lr {self.cfg.lr:g}); stopped, nothing saved from these weights")
+        """TrainingError when a trainable weight is not finite: nothing is ever saved from such weights.
+
+        Under FSDP each process checks its shards and all raise when one finds a bad weight."""
+        bad = next((name for name, param in self.unwrapped.named_parameters()
+                    if param.requires_grad and not bool(torch.isfinite(fsdp.local_tensor(param.detach())).all())),
+                   None)
+        if self.uses_fsdp and self.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            bad = next((name for name in gather_object([bad]) if name is not None), None)
+        if bad is not None:
+            raise TrainingError(f"{self.stage}: step {done}: weight {bad} is not finite "
+                                f"(lr {self.cfg.lr:g}); stopped, nothing saved from these weights")
+
+    def final_state(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP: the weights to save, gathered on the main process ({} elsewhere; a collective),
+        the trainable ones only for a LoRA model, each in the dtype it was loaded in. Otherwise None
+        (``save_pretrained`` reads the model itself)."""
+        if not self.uses_fsdp:
+            return None
+        state = fsdp.full_model_state(self.model, trainable_only=is_peft(self.unwrapped))
+        return {k: v.to(self.load_dtypes[k]) if k in self.load_dtypes and v.is_floating_point() else v
+                for k, v in state.items()}
 
     def finish(self) -> dict:
         self.accelerator.wait_for_everyone()
@@ -191,6 +248,13 @@ class TrainingRun:
         if self.logger:
             self.logger.close()
         return last
+
+
+def _save_dir(model: torch.nn.Module, tokenizer: Any, path: Path, state: dict | None) -> None:
+    if state is None:
+        save_model_dir(model, tokenizer, path)
+    else:  # FSDP: the gathered weights (the model's own are shards)
+        save_model_dir(model, tokenizer, path, state_dict=state)
 
 
 def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool) -> Path:
@@ -201,6 +265,7 @@ def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool)
     lora = is_peft(model)
     target = out / MODEL_DIR
     run.check_finite_weights(run.total_steps)
+    state = run.final_state()  # every process: a collective under FSDP
     acc.wait_for_everyone()
     if acc.is_main_process:
         # Each folder is filled under a temporary name and renamed (atomic_dir): a run killed while
@@ -208,10 +273,10 @@ def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool)
         if lora and merge:
             adapter_dir = out / "adapter"
             with atomic_dir(adapter_dir) as tmp:
-                save_model_dir(model, tokenizer, tmp)
+                _save_dir(model, tokenizer, tmp, state)
             # Free the training copy first: merging reloads the base (8B on GPU).
             run.model = run.optimizer = None
-            del model
+            del model, state
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -226,7 +291,7 @@ def save_final(run: TrainingRun, tokenizer: Any, *, base_path: str, merge: bool)
                     tokenizer.save_pretrained(str(tmp))
         else:
             with atomic_dir(target) as tmp:
-                save_model_dir(model, tokenizer, tmp)
+                _save_dir(model, tokenizer, tmp, state)
         # The stage succeeded: checkpoints kept under other fingerprints are stale.
         for path in run.checkpointer.remove_other_fingerprints():
             run._say(f"{run.stage}: removed the checkpoints of an earlier config or input ({path})")

@@ -1,4 +1,16 @@
-"""Two CPU processes (gloo) under ``accelerate launch``: SFT and GRPO run, save and agree across ranks."""
+"""Two CPU processes (gloo) under ``accelerate launch``, DDP and FSDP2: SFT and GRPO train, save, resume,
+and agree across ranks and with one process accumulating the same two micro-batches.
+
+tests/train/ddp_script.py runs the stages (see its docstring). Each launch checks:
+
+- the mode it asked for: DDP (accelerate's MULTI_CPU) or FSDP with sharded (DTensor) weights;
+- every rank holds the same trained weights (gathered under FSDP: what GRPO's rollouts see), exactly;
+- 2 processes x 1 micro-batch train the weights 1 process x 2 accumulated micro-batches train, same
+  data, seed and step: within float32 summation-order noise (``TOLERANCE``);
+- a run resumed from a checkpoint (SFT at step 2, GRPO at step 1, mid-round) ends where the
+  uninterrupted run did;
+- the files: merged SFT model, adapters, per-rank RNG states and mid-round rollouts in checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +21,108 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.train.conftest import save_tiny_base, write_tiny_data
 
-pytestmark = pytest.mark.slow
-
 SCRIPT = Path(__file__).with_name("ddp_script.py")
+FSDP_CONFIG = "infra/gpu/accelerate/8gpu-fsdp.yaml"
+#: 2 x 1 against 1 x 2 micro-batches: the same sums in another order (all-reduce mean vs accumulation),
+#: then 3 AdamW steps at lr 1e-2 (measured max difference ~1e-7 on weights of size ~0.1-1)
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+LAUNCH = {
+    "ddp": ["--multi_gpu", "--mixed_precision", "no", "--main_process_port", "29517"],
+    "fsdp": ["--config_file", FSDP_CONFIG, "--mixed_precision", "no", "--main_process_port", "29518"],
+}
 
 
-def test_two_process_training(tmp_path, repo_root):
-    data = write_tiny_data(tmp_path / "data")
-    base = save_tiny_base(data, tmp_path / "base")
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    data = write_tiny_data(root / "data")
+    return data, save_tiny_base(data, root / "base")
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """1 process x 2 accumulated micro-batches, in this process: {stage: trainable weights}."""
+    from tests.train.ddp_script import train
+
+    data, base = inputs
+    out = tmp_path_factory.mktemp("one-process")
+    train(base, data, out, world=1)
+    return {stage: weights(out, stage, 0) for stage in ("sft", "grpo")}
+
+
+def weights(out: Path, stage: str, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(out / "weights" / f"{stage}_{rank}.pt", weights_only=True)
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def launch(mode: str, inputs, out: Path, repo_root: Path) -> list[dict]:
+    data, base = inputs
     accelerate = Path(sys.executable).with_name("accelerate")
-    # --multi_gpu on a machine without GPUs gives accelerate's MULTI_CPU mode (torchrun + gloo).
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(SCRIPT), str(base), str(data), str(out)]
+    # On a machine without GPUs --multi_gpu gives accelerate's MULTI_CPU mode (torchrun + gloo); the
+    # FSDP config's processes are switched to FSDP on the CPU by the script (fsdp_on_cpu).
+    cmd = [str(accelerate), "launch", *LAUNCH[mode], "--num_processes", "2", "--num_machines", "1",
+           "--dynamo_backend", "no", str(SCRIPT), str(base), str(data), str(out)]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [json.loads((out / f"summary_{r}.json").read_text()) for r in (0, 1)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, cwd=repo_root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [json.loads((out / f"summary_{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_agree_with_each_other_and_with_accumulation(mode, inputs, reference, tmp_path, repo_root):
+    out = tmp_path / "out"
+    summaries = launch(mode, inputs, out, repo_root)
     assert [s["world"] for s in summaries] == [2, 2]
-    assert all(s["sft"]["steps"] == 3 and s["grpo"]["steps"] == 3 for s in summaries)
-    # one set of weights (DDP kept the ranks in step), per-rank RNG states and rollouts in checkpoints
-    assert (out / "sft" / "model" / "model.safetensors").is_file()  # merged
+    expected = {"ddp": ("MULTI_CPU", False), "fsdp": ("FSDP", True)}[mode]
+    assert all((s["distributed_type"].split(".")[-1], s["sharded"]) == expected for s in summaries)
+    assert all(s[stage]["steps"] == 3 for s in summaries for stage in ("sft", "grpo"))
+    for stage in ("sft", "grpo"):
+        mine = weights(out, stage, 0)
+        assert_identical(mine, weights(out, stage, 1))  # (a) the ranks hold the same weights
+        assert mine.keys() == reference[stage].keys()
+        for name in mine:  # (b) 2 processes x 1 micro-batch == 1 process x 2 accumulated
+            torch.testing.assert_close(mine[name], reference[stage][name], **TOLERANCE, msg=f"{stage} {name}")
+        resumed = weights(out, f"{stage}-resumed", 0)
+        assert_identical(resumed, weights(out, f"{stage}-resumed", 1))
+        for name in mine:  # a resumed run ends where the uninterrupted one did
+            torch.testing.assert_close(resumed[name], mine[name], rtol=0, atol=1e-6, msg=f"{stage} resumed {name}")
+        # both stages trained: every LoRA B matrix left zero
+        assert all(bool(mine[name].abs().sum() > 0) for name in mine if "lora_B" in name), stage
+    # files: one merged SFT model, adapters, per-rank RNG states and mid-round rollouts
+    merged = load_file(str(out / "sft" / "model" / "model.safetensors"))
+    start = load_file(str(inputs[1] / "model.safetensors"))
+    assert merged.keys() == start.keys() and any(not torch.equal(merged[k], start[k]) for k in start)
+    assert (out / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "grpo" / "model" / "adapter_model.safetensors").is_file()
     ckpt = out / "grpo" / "checkpoints" / "step-3"
     assert {p.name for p in ckpt.iterdir()} >= {"rng_state_0.pt", "rng_state_1.pt", "model", "optimizer.pt"}
-    mid = out / "grpo" / "checkpoints" / "step-1"
-    if mid.exists():  # kept only when save_total_limit allows
-        assert (mid / "rollouts_1.pt").is_file()
-    # SFT trained (the merged weights moved); GRPO's rewards are all 0 for a random model, so its
-    # adapter may legitimately stay at zero: only check it was written.
-    merged = load_file(str(out / "sft" / "model" / "model.safetensors"))
-    start = load_file(str(base / "model.safetensors"))
-    assert any(not (merged[k] == start[k]).all() for k in start)
-    assert (out / "grpo" / "model" / "adapter_model.safetensors").is_file()
+    assert {"rollouts_0.pt", "rollouts_1.pt"} <= {p.name for p in (out / "grpo" / "checkpoints" / "step-1").iterdir()}
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["sharding"] == {"ddp": "replicated", "fsdp": "fsdp"}[mode]
+
+
+def test_the_fsdp_config_shards_llada_blocks(repo_root):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from d1.models.llada import LLaDAModelLM
+
+    cfg = load_config_from_file(str(repo_root / FSDP_CONFIG))
+    assert str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) == "FSDP"
+    assert (cfg.num_processes, cfg.mixed_precision) == (8, "bf16")
+    fsdp = yaml.safe_load((repo_root / FSDP_CONFIG).read_text())["fsdp_config"]
+    assert fsdp["fsdp_version"] == 2  # the training loops refuse FSDP1
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] in LLaDAModelLM._no_split_modules

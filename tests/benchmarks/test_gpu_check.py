@@ -1,0 +1,126 @@
+"""scripts/gpu-check.sh --cpu: the GPU check's code paths on a tiny LLaDA, every check reporting success."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(out: str) -> tuple[str, list[list[str]]]:
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("GPU check"))
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines
+            if line.startswith("| ") and not line.startswith("| section")]
+    assert all(len(r) == 5 for r in rows), rows
+    return header, rows
+
+
+def test_cpu_mode_runs_every_check():
+    start = time.perf_counter()
+    done = subprocess.run(["bash", "scripts/gpu-check.sh", "--cpu", "--skip-stages"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    print(f"\ngpu-check.sh --cpu --skip-stages: {time.perf_counter() - start:.1f} s")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    header, rows = parse(done.stdout)
+    assert "torch " in header and "commit " in header and "UTC" in header
+    by_section: dict[str, list[list[str]]] = {}
+    for row in rows:
+        by_section.setdefault(row[0].split(" (")[0], []).append(row)
+    assert set(by_section) == {"model", "sampler", "masked SFT", "diffu-GRPO", "micro stages"}
+
+    sampler = by_section["sampler"]
+    settings = [r[1] for r in sampler if r[2] == "tokens/s"]
+    assert settings == [f"batch {b}, cache {c}" for b in (1, 16) for c in ("none", "prefix", "dual")]
+    assert all(float(r[3].replace(",", "")) > 0 for r in sampler if r[2] == "tokens/s")
+    assert all(r[3] == "n/a" for r in sampler if r[2] == "peak GiB")  # no CUDA memory on the CPU
+
+    sft = {r[2]: r for r in by_section["masked SFT"]}
+    assert set(sft) == {"step s", "tokens/s", "peak GiB", "loss"}
+    assert "LoRA r128 / alpha 256 on q_proj, k_proj, v_proj" in sft["step s"][0] and "seq 128" in sft["step s"][0]
+
+    grpo = [r for r in by_section["diffu-GRPO"] if "4-bit" not in r[0]]
+    assert {r[2] for r in grpo} == {"rollout s", "rollout tokens/s", "log-probs + backward s", "peak GiB"}
+    assert "G 6 x gen 32" in next(r[1] for r in grpo if r[2] == "rollout s")
+    assert "LoRA r128 / alpha 64" in grpo[0][0]
+    qlora = [r for r in by_section["diffu-GRPO"] if "4-bit" in r[0]]
+    assert [r[2] for r in qlora] == ["rollout s", "log-probs + backward s", "peak GiB"]
+
+    # every check succeeded; the only skips are the 4-bit base (no CUDA) and the stages (--skip-stages)
+    skipped = [r for r in rows if r[4] != "ok"]
+    assert all(r[4].startswith("skipped:") for r in skipped), skipped
+    assert {r[4] for r in qlora} <= {"skipped: 4-bit needs CUDA", "skipped: bitsandbytes not installed"}
+    assert [r[4] for r in by_section["micro stages"]] == ["skipped: --skip-stages"]
+    assert len(skipped) == len(qlora) + 1
+    assert done.stdout.rstrip().endswith(f"{len(rows) - len(skipped)} ok, {len(skipped)} skipped, 0 failed")
+
+
+def test_a_spent_budget_skips_everything_and_is_not_a_failure(capsys):
+    gpu_check = load_module()
+    assert gpu_check.main(["--cpu", "--budget-s", "0", "--skip-stages"]) == 0
+    _, rows = parse(capsys.readouterr().out)
+    assert rows and all(r[4].startswith("skipped:") for r in rows)
+    assert any("time budget" in r[4] for r in rows)
+
+
+def test_a_failing_check_is_a_failed_row_and_exit_status_1(monkeypatch, capsys):
+    gpu_check = load_module()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(gpu_check, "sft_rows", broken)
+    assert gpu_check.main(["--cpu", "--skip-stages", "--sections", "sft", "grpo"]) == 1
+    _, rows = parse(capsys.readouterr().out)
+    assert ["sft", "-", "-", "-", "FAILED: RuntimeError: planted failure"] in rows
+    assert all(r[4] == "ok" for r in rows if r[0].startswith(("model", "diffu-GRPO")))  # the next section ran
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the GPU mode")
+def test_without_a_gpu_the_gpu_mode_says_so():
+    assert load_module().main([]) == 2
+
+
+def test_micro_workspace_selects_the_micro_profile_on_the_device(tmp_path):
+    gpu_check = load_module()
+    if not (REPO / ".git").exists():
+        pytest.skip("needs a git checkout")
+    root = gpu_check.micro_workspace(tmp_path / "micro", "cuda")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["profile"] == "micro"
+    assert params["pipeline"] == {"tasks": ["countdown"], "gen_lengths": [64]}
+    micro = params["micro"]
+    assert [s["device"] for s in (micro["base"]["pretrain"], micro["sft"], micro["grpo"], micro["eval"])] \
+        == ["cuda"] * 4
+    assert not (root / "dvc.lock").exists() and (root / "dvc.yaml").is_file()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+    assert status.stdout == ""  # committed
+
+
+@pytest.mark.slow
+def test_cpu_mode_runs_the_micro_stages(capsys):
+    gpu_check = load_module()
+    assert gpu_check.main(["--cpu", "--sections", "stages"]) == 0
+    _, rows = parse(capsys.readouterr().out)
+    stages = [r[1] for r in rows if r[2] == "s (outputs present)"]
+    assert set(stages) == {"prepare", "base", "sft", "grpo@countdown", "eval@base-countdown-64",
+                           "eval@sft-countdown-64", "eval@d1-countdown-64", "report"}
+    assert all(r[4] == "ok" for r in rows), rows
+    assert rows[-1][1] == "all 8 stages" and rows[-1][2] == "dvc repro s"
