@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sampler_speed.py [--model outputs/sft/model --data data]
         [--lengths 64 128 256] [--limit 64] [--threshold 0.9] [--threads 2] [--skip-accuracy] [--skip-rollouts]
+        [--speed-models FOLDER ...]
 
 Every row of a table is measured in this one run, on this machine, under the same load.
 
@@ -9,7 +10,8 @@ Every row of a table is measured in this one run, on this machine, under the sam
    without a threshold): tokens/s and forward passes per answer token, batch 1, for
    (a) a 4-layer width-256 LLaDA with random weights (d1's architecture; its
    confidences are near uniform, so a threshold cannot unmask several tokens at once)
-   and (b) the pipeline's SFT model (``--model``) on its Countdown test prompts.
+   and (b) the pipeline's SFT model (``--model``) on a Countdown test prompt, (c) any
+   ``--speed-models`` (e.g. a trained width-256 tiny model).
 2. **Held-out accuracy** of the SFT model on the tiny Countdown and Sudoku test splits
    (first ``--limit`` items of ``--data``), greedy, the pipeline's evaluation protocol
    (training prompt, block 32, steps = gen length / 2) at each ``--lengths``, for every
@@ -235,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="outputs/sft/model")
     ap.add_argument("--data", default="data")
+    ap.add_argument("--speed-models", nargs="*", default=[], metavar="FOLDER",
+                    help="more trained model folders for the speed table (same tokenizer family, e.g. a width-256 "
+                         "tiny model: `d1 base --set base.pretrain.d_model=256 ...`)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--limit", type=int, default=64, help="test items per task for the accuracy table")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -269,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         speed_sft = speed_rows(model, prompt, ids.pad_id, ids.mask_id, args.threshold)
         print_table(f"Speed, the SFT model {args.model} (gen 256, block 32, steps 256, batch 1, a Countdown "
                     "test prompt)", ["setting", "tokens/s", "passes / token", "vs none"], speed_sft)
+        for extra in args.speed_models:
+            other, other_tok = load_for_inference(extra, dtype=torch.float32)
+            other_ids = token_ids(other, other_tok)
+            rows = speed_rows(other.eval(), encode(other_tok, task, read_split(args.data, "countdown", "test")[:1]),
+                              other_ids.pad_id, other_ids.mask_id, args.threshold)
+            c = other.config
+            print_table(f"Speed, {extra} ({c.n_layers} layers, width {c.d_model}; gen 256, block 32, steps 256, "
+                        "batch 1, a Countdown test prompt)", ["setting", "tokens/s", "passes / token", "vs none"], rows)
         if not args.skip_accuracy:
             rows = accuracy_rows(model, tokenizer, ids, args.data, args.lengths, args.limit, args.threshold,
                                  args.batch_size)
