@@ -6,7 +6,7 @@
 Meant to finish within 6 minutes on one H200-class GPU with no network: nothing is downloaded (random
 weights, random token ids, the micro profile's generated and built-in data). Every row is measured in
 this run: wall-clock seconds (``torch.cuda.synchronize`` around each timed block on CUDA), peak memory
-from ``torch.cuda.max_memory_allocated`` reset before each row ("n/a" on the CPU). A row's status is
+from ``torch.cuda.max_memory_allocated`` reset before each row, the weights included ("n/a" on the CPU). A row's status is
 ``ok``, ``skipped: <why>`` (bitsandbytes absent, no GPU for 4-bit, the time budget, ``--skip-stages``)
 or ``FAILED: <error>``; the exit status is 1 when any row failed, else 0.
 
@@ -24,7 +24,8 @@ Sections, in order (``--sections`` picks some):
   :func:`d1.train.common.prepare_trainable` (LoRA + checkpointing) and ``build_optimizer`` (AdamW),
   :mod:`d1.algo.masking` (``sft_collate``, ``sample_mask_ratio``, ``forward_mask``,
   ``masked_sft_loss``: the functions ``d1.train.masked_diffusion`` runs) under bf16 autocast,
-  gradient clipping. One warm-up step, then 2 timed: step seconds, tokens/s, peak memory.
+  gradient clipping. One warm-up step, then 2 timed: step seconds, tokens/s, peak memory, and the last
+  loss and gradient norm (the row fails when either is not finite or no gradient reached the adapters).
 - ``grpo``: one diffu-GRPO step with d1's setting (:class:`d1.train.grpo_config.GRPOConfig`'s
   defaults: G 6, gen 256, block 32, 128 steps, temperature 0.9, LoRA r128 / alpha 64 on q, k, v,
   up_proj, beta 0.04, p_mask_prompt 0.15, epsilon 0.5) with mu 1 and gradient checkpointing, on one
@@ -32,8 +33,8 @@ Sections, in order (``--sections`` picks some):
   bf16 autocast (as ``DiffuGRPO.make_rollouts``), then the reference log-probs (adapter disabled) and
   the policy's through :func:`d1.algo.grpo.per_token_logps`, :func:`d1.algo.grpo.diffu_grpo_loss`,
   backward, clipping, AdamW step. Rewards are random numbers (no task can score random weights).
-  Rows: rollout seconds, log-probs + backward seconds, peak memory. One step, no warm-up (the
-  sections before it warmed the kernels).
+  Rows: rollout seconds (and tokens/s), log-probs + backward seconds, gradient norm (checked as for
+  SFT), peak memory of the whole step. One step, no warm-up (the sections before it warmed the kernels).
 - ``grpo-4bit``: the same step on a 4-bit NF4 base (QLoRA): the bf16 base re-loaded by transformers'
   bitsandbytes loader (``from_pretrained(None, state_dict=...)``) with d1's quantisation config
   (``d1.train.common._nf4_config``, what ``grpo.load_in_4bit`` uses). Needs CUDA and an importable
@@ -197,7 +198,7 @@ def make_setup(cpu: bool) -> Setup:
         )
     config = tiny_llada_config(512, d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=192)
     return Setup(
-        label="tiny LLaDA (64 x 2 layers, vocab 512)", device=torch.device("cpu"), dtype=torch.float32,
+        label="tiny LLaDA", device=torch.device("cpu"), dtype=torch.float32,
         config=config, sampler=SamplerConfig(gen_length=32, block_length=16, steps=16), sampler_prompt=16,
         batches=(1, 16), sft=dataclasses.replace(sft, max_length=128), sft_prompt=16, sft_timed_steps=2,
         grpo=dataclasses.replace(grpo, max_prompt_length=16,
@@ -283,6 +284,15 @@ def quantized_copy(model: torch.nn.Module, config: LLaDAConfig, device: torch.de
                                         device_map={"": device.index or 0}, **{_DTYPE_KWARG: torch.bfloat16})
 
 
+def learning_status(values: list[float]) -> str:
+    """``ok`` when the losses and gradient norms of a step are finite and a gradient reached the adapters."""
+    if not all(torch.isfinite(torch.tensor(values))):
+        return "FAILED: a non-finite loss or gradient norm"
+    if values[-1] == 0:
+        return "FAILED: no gradient reached the LoRA weights"
+    return "ok"
+
+
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -348,7 +358,7 @@ def sft_rows(check: Check, setup: Setup, model: torch.nn.Module) -> torch.nn.Mod
     seq, bs = cfg.max_length, cfg.batch_size
     section = f"masked SFT ({lora_text(cfg)}, gradient checkpointing, seq {seq}, batch {bs})"
     setting = f"{setup.sft_timed_steps} optimiser steps after 1 warm-up, {setup.sft_prompt}-token prompt"
-    metrics = ["step s", "tokens/s", "peak GiB", "loss"]
+    metrics = ["step s", "tokens/s", "peak GiB", "loss", "grad norm"]
     if not check.allows(setup.need["sft"]):
         check.skip(section, setting, metrics, check.over_budget())
         return model
@@ -359,7 +369,7 @@ def sft_rows(check: Check, setup: Setup, model: torch.nn.Module) -> torch.nn.Mod
         params = trainable(peft_model)
         peft_model.train()
 
-        def step(index: int) -> float:
+        def step(index: int) -> tuple[float, float]:
             g = torch.Generator().manual_seed(index)
             prompts = random_ids(g, (bs, setup.sft_prompt), setup.config).tolist()
             responses = random_ids(g, (bs, seq - setup.sft_prompt), setup.config).tolist()
@@ -373,20 +383,22 @@ def sft_rows(check: Check, setup: Setup, model: torch.nn.Module) -> torch.nn.Mod
                 loss = masked_sft_loss(logits, ids, is_masked, t, count_response_tokens(prompt_mask))
             loss.backward()
             del logits
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            return float(loss.detach())
+            return float(loss.detach()), float(norm)
 
         step(0)
         reset_peak(setup.device)
-        losses, seconds = timed(setup.device, lambda: [step(i) for i in range(1, setup.sft_timed_steps + 1)])
+        results, seconds = timed(setup.device, lambda: [step(i) for i in range(1, setup.sft_timed_steps + 1)])
         n = setup.sft_timed_steps
-        status = "ok" if all(torch.isfinite(torch.tensor(losses))) else "FAILED: non-finite loss"
+        loss, norm = results[-1]
+        status = learning_status([x for r in results for x in r])
         check.add(section, setting, "step s", f"{seconds / n:.2f}", status)
         check.add(section, setting, "tokens/s", f"{bs * seq * n / seconds:,.0f}", status)
         check.add(section, setting, "peak GiB", peak_gib(setup.device), status)
-        check.add(section, setting, "loss", f"{losses[-1]:.3f}", status)
+        check.add(section, setting, "loss", f"{loss:.3f}", status)
+        check.add(section, setting, "grad norm", f"{norm:.3g}", status)
         del optimizer, params
     finally:
         model = unload_lora(peft_model)
@@ -453,7 +465,7 @@ def grpo_rows(check: Check, setup: Setup, model: torch.nn.Module, section: str) 
         logp_kwargs = dict(mask_id=mask_id, p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy,
                            attention_mask=full_attention)
 
-        def logp_step() -> tuple[float, dict]:
+        def logp_step() -> tuple[float, float]:
             ref = None
             with setup.autocast():
                 if cfg.beta > 0:
@@ -463,14 +475,15 @@ def grpo_rows(check: Check, setup: Setup, model: torch.nn.Module, section: str) 
                 logp = per_token_logps(peft_model, ids, prompt_mask, **logp_kwargs)
                 loss, stats = diffu_grpo_loss(logp, None, ref, advantages, keep, eps=cfg.epsilon, beta=cfg.beta)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            return float(loss.detach()), stats
+            return float(loss.detach()), float(norm)
 
-        (loss, stats), logp_s = timed(setup.device, logp_step)
-        status = "ok" if torch.isfinite(torch.tensor(loss)) else "FAILED: non-finite loss"
+        (loss, norm), logp_s = timed(setup.device, logp_step)
+        status = learning_status([loss, norm])
         check.add(section, logp_setting, "log-probs + backward s", f"{logp_s:.2f}", status)
+        check.add(section, logp_setting, "grad norm", f"{norm:.3g}", status)
         check.add(section, "the whole step", "peak GiB", peak_gib(setup.device), status)
         del optimizer, params
     finally:
@@ -488,7 +501,7 @@ def grpo_section(cfg: GRPOConfig, quantized: bool) -> str:
 def qlora_rows(check: Check, setup: Setup, state: dict) -> None:
     """The GRPO step on a 4-bit base: replaces ``state['model']`` by the quantised copy."""
     section = grpo_section(setup.grpo, quantized=True)
-    metrics = ["rollout s", "log-probs + backward s", "peak GiB"]
+    metrics = ["rollout s", "log-probs + backward s", "grad norm", "peak GiB"]
     if not setup.cuda:
         check.skip(section, "-", metrics, "4-bit needs CUDA")
         return
@@ -711,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if name == "grpo" and not check.allows(setup.need["grpo"]):
             check.skip(grpo_section(setup.grpo, quantized=False), "-",
-                       ["rollout s", "log-probs + backward s", "peak GiB"], check.over_budget())
+                       ["rollout s", "log-probs + backward s", "grad norm", "peak GiB"], check.over_budget())
             continue
         run_section(check, name, fn)
     state["model"] = None
