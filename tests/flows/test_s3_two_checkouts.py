@@ -146,6 +146,7 @@ def test_a_stage_runs_in_a_second_checkout_with_data_through_s3(repo_root, tmp_p
                             text=True, timeout=300)
     outputs.append(denied.stdout + denied.stderr)
     assert denied.returncode != 0 and not (b / "data").exists(), denied.stdout + denied.stderr
+    assert "credentials" in denied.stdout + denied.stderr  # "Unable to locate credentials"
 
     t1 = time.perf_counter()
     stack = LocalStack(a, state_dir=tmp_path / "stack", gpu_checkout=b)
