@@ -16,7 +16,7 @@ saving leaves no half checkpoint::
 
     model/               save_pretrained: the LoRA adapter, or the full model, + tokenizer
     optimizer.pt         optimiser state (AdamW moments, step counts); under FSDP gathered from
-                         the shards and keyed by parameter name (:mod:`d1.train.fsdp`)
+                         the shards and keyed by parameter name (:mod:`d1.train.run`)
                          (every .pt file holds tensors and plain data only and is read with
                          ``weights_only=True``: a checkpoint never runs code)
     scheduler.pt         learning-rate scheduler state
@@ -50,8 +50,16 @@ import torch
 from d1.config import to_dict, write_json_atomic
 from d1.errors import ConfigError
 from d1.train.checkpoint_store import CheckpointStore
-from d1.train import fsdp
-from d1.train.common import MODEL_DIR, is_peft, load_trainable_state, save_model_dir
+from d1.train.common import (
+    MODEL_DIR,
+    full_model_state,
+    full_optimizer_state,
+    is_fsdp,
+    is_peft,
+    load_full_optimizer_state,
+    load_trainable_state,
+    save_model_dir,
+)
 from d1.train.metrics import clear_metrics_folder
 
 log = logging.getLogger(__name__)
@@ -237,7 +245,7 @@ def load_state(path: Path, *, map_location: Any = "cpu") -> Any:
 
 def _sharding(accelerator: Any) -> str:
     """How the run holds its weights: ``fsdp`` (shards, name-keyed optimiser state) or ``replicated``."""
-    return "fsdp" if fsdp.is_fsdp(accelerator) else "replicated"
+    return "fsdp" if is_fsdp(accelerator) else "replicated"
 
 
 @dataclasses.dataclass
@@ -274,10 +282,10 @@ class Checkpointer:
         final = self.root / f"{STEP_PREFIX}{step}"
         tmp = self.root / f".{STEP_PREFIX}{step}.tmp"
         acc.wait_for_everyone()
-        sharded = fsdp.is_fsdp(acc)
+        sharded = is_fsdp(acc)
         if sharded:  # collectives: every process gathers its shards, the main one receives them
-            model_state = fsdp.full_model_state(model, trainable_only=is_peft(acc.unwrap_model(model)))
-            optimizer_state = fsdp.full_optimizer_state(model, optimizer)
+            model_state = full_model_state(model, trainable_only=is_peft(acc.unwrap_model(model)))
+            optimizer_state = full_optimizer_state(model, optimizer)
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -390,9 +398,9 @@ class Checkpointer:
         """Load optimiser, scheduler and this process's RNG states from ``resume`` into the prepared
         ``model``'s optimiser (the weights: :meth:`restore_weights`, before ``prepare``)."""
         path = resume.path
-        if fsdp.is_fsdp(self.accelerator):  # read on the main process, sharded to all (a collective)
+        if is_fsdp(self.accelerator):  # read on the main process, sharded to all (a collective)
             main = self.accelerator.is_main_process
-            fsdp.load_full_optimizer_state(model, optimizer, load_state(path / "optimizer.pt") if main else {})
+            load_full_optimizer_state(model, optimizer, load_state(path / "optimizer.pt") if main else {})
         else:
             # The optimiser moves its state to each parameter's device itself.
             optimizer.load_state_dict(load_state(path / "optimizer.pt"))

@@ -13,7 +13,8 @@ global RNG states of every process and restore them on resume, for any code
 outside these loops that draws from them.)
 
 Checkpoints: :mod:`d1.train.checkpoints`; metrics: :mod:`d1.train.metrics`;
-the run object every loop uses: :mod:`d1.train.run`.
+the run object every loop uses: :mod:`d1.train.run` (which also says what
+sharded training, FSDP2, does differently; its helpers are here).
 """
 
 from __future__ import annotations
@@ -282,6 +283,117 @@ def _tied_parameter_names(model: torch.nn.Module) -> list[tuple[str, str]]:
         else:
             seen[key] = name
     return out
+
+
+# ----------------------------------------------------------------------------- sharded training (FSDP2)
+# What a sharded run does differently: d1/train/run.py's module docstring.
+
+
+def is_fsdp(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def check_distributed_mode(accelerator: Any) -> None:
+    """ConfigError for a distributed mode the training loops cannot run (FSDP1, DeepSpeed)."""
+    from accelerate.utils import DistributedType
+
+    if is_fsdp(accelerator) and not accelerator.is_fsdp2:
+        raise ConfigError("accelerate FSDP version 1 is not supported by d1's training loops: set "
+                          "fsdp_config.fsdp_version: 2 (infra/gpu/accelerate/8gpu-fsdp.yaml)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed is not supported by d1's training loops (its engine steps and clips inside backward and "
+            "partitions the optimiser state, which the non-finite guard and the checkpoints do not handle); use "
+            "infra/gpu/accelerate/8gpu.yaml (DDP) or 8gpu-fsdp.yaml (FSDP2, sharded)")
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP2 parameter or gradient); a plain tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _options(**kwargs: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kwargs)
+
+
+def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def full_model_state(model: torch.nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The whole model's state as full CPU tensors on the main process ({} on the others).
+
+    A collective: every process calls it. ``trainable_only``: leave out frozen
+    parameters (a LoRA run saves only its adapter)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(full_state_dict=True, cpu_offload=True,
+                                                        ignore_frozen_params=trainable_only))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict:
+    """The optimiser state, parameters keyed by name, full CPU tensors on the main process. Collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
+                                    options=_options(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: Any, state: dict) -> None:
+    """Shard ``state`` (from :func:`full_optimizer_state`; read on the main process, ``{}`` elsewhere)
+    into the optimiser. Collective."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, _torch_optimizer(optimizer), optim_state_dict=state,
+                             options=_options(full_state_dict=True, broadcast_from_rank0=True))
+
+
+@contextlib.contextmanager
+def fsdp_full_params(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block every FSDP unit of ``model`` holds its full parameters (one all-gather per unit
+    on entry, freed on exit) and forward passes neither gather nor free them: no collective runs
+    inside, so processes may run different numbers of forward passes. For no-grad work
+    (generation, scoring); every process enters and leaves together. A plain model: nothing happens.
+
+    Costs one full copy of the parameters per process (in the mixed-precision dtype) while open.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    # The root's first forward settles its own settings (lazy init); settle them before changing them
+    # (a round's rollouts may be the first forward of the run).
+    root = model if isinstance(model, FSDPModule) else units[0]
+    lazy_init = getattr(root._get_fsdp_state(), "_lazy_init", None)
+    if lazy_init is not None:
+        lazy_init()
+    # FSDP2 has no public getter for reshard_after_forward: remember its private state to restore it.
+    saved = []
+    for unit in units:
+        state = unit._get_fsdp_state()
+        saved.append((state, getattr(state, "_auto_reshard_after_forward", None),
+                      [group.post_forward_mesh_info for group in state._fsdp_param_groups]))
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit, (state, auto, infos) in zip(units, saved):
+            if auto is not None:
+                state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos):
+                group.post_forward_mesh_info = info
+            unit.reshard()
 
 
 # ----------------------------------------------------------------------------- small helpers

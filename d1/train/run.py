@@ -1,9 +1,42 @@
 """One training run: the accelerator, optimiser, scheduler, checkpoints and metrics a loop shares.
 
 Single process, DDP (``infra/gpu/accelerate/8gpu.yaml``) and FSDP2
-(``8gpu-fsdp.yaml``) run the same loops; what FSDP does differently (sharded
-weights gathered for saving and for generation, resume before sharding) is in
-:mod:`d1.train.fsdp`.
+(``8gpu-fsdp.yaml``) run the same loops.
+
+Sharded training (FSDP2: accelerate's FSDP version 2, ``torch.distributed.fsdp.fully_shard``;
+the helpers are in :mod:`d1.train.common`). Under FSDP every process holds one shard (a DTensor) of each parameter, of its
+gradient and of its optimiser moments; a forward pass all-gathers a wrapped
+unit's parameters (one LLaDA block) and frees them again, backward
+reduce-scatters the gradients. What the training loops do differently
+(everything else, gradient accumulation and clipping included, goes through
+accelerate as under DDP):
+
+- saving (final model, checkpoints): the model and the optimiser state are
+  gathered to full CPU tensors on the main process (:func:`full_model_state`,
+  :func:`full_optimizer_state`; collectives, so every process calls them) and
+  written as a DDP run writes them; the optimiser state is keyed by parameter
+  name (``torch.distributed.checkpoint.state_dict``), so a checkpoint resumes
+  only under FSDP (``trainer_state.json`` records the mode);
+- resume: the saved weights go into the plain model before ``prepare`` shards
+  it; the optimiser state is loaded on the main process and sharded to the
+  others (:func:`load_full_optimizer_state`);
+- generation and no-grad scoring (GRPO rollouts, old and reference log-probs):
+  :meth:`TrainingRun.full_params` gathers every parameter once and keeps it
+  gathered for the block, so the sampler's forward passes run without
+  collectives (each rank may run a different number of them: threshold decoding
+  stops a block when it is done, which would leave the others waiting in an
+  all-gather); GRPO's training passes do gather, so there every process runs
+  every estimator pass (:meth:`d1.train.grpo.DiffuGRPO.score_mask`);
+- weight checks look at each process's shard and share the verdict;
+- LoRA: FSDP2 shards each parameter on its own, so frozen base weights and
+  trainable adapters share a unit (FSDP1 needed ``use_orig_params``);
+- with bf16 mixed precision accelerate keeps fp32 master copies of the
+  trainable weights (the final model is written in the dtype it was loaded in,
+  checkpoints keep fp32 so a resume continues exactly).
+
+Only FSDP2 (``fsdp_version: 2``) is supported: FSDP1 cannot run a forward pass
+on gathered parameters (``summon_full_params`` forbids it), so its rollouts
+would need an all-gather per block per sampler step on every rank in lockstep.
 """
 
 from __future__ import annotations
@@ -21,12 +54,16 @@ import torch
 
 from d1.config import atomic_dir
 from d1.errors import TrainingError
-from d1.train import fsdp
 from d1.train.checkpoints import Checkpointer
 from d1.train.common import (
     MODEL_DIR,
     StepCallback,
     build_accelerator,
+    check_distributed_mode,
+    fsdp_full_params,
+    full_model_state,
+    is_fsdp,
+    local_tensor,
     build_optimizer,
     build_scheduler,
     derive_seed,
@@ -57,9 +94,9 @@ class TrainingRun:
         self.cfg = cfg
         self.stage = stage
         self.accelerator = build_accelerator(cfg)
-        fsdp.check_supported(self.accelerator)
-        #: FSDP2: every process holds a shard of each weight (:mod:`d1.train.fsdp`)
-        self.uses_fsdp = fsdp.is_fsdp(self.accelerator)
+        check_distributed_mode(self.accelerator)
+        #: FSDP2: every process holds a shard of each weight (see the module docstring)
+        self.uses_fsdp = is_fsdp(self.accelerator)
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.num_processes = self.accelerator.num_processes
@@ -136,9 +173,9 @@ class TrainingRun:
 
     def full_params(self) -> contextlib.AbstractContextManager:
         """Around no-grad forward passes whose number may differ between processes (generation): under
-        FSDP every process gathers the full weights once (:func:`d1.train.fsdp.full_params`); otherwise
+        FSDP every process gathers the full weights once (:func:`d1.train.common.fsdp_full_params`); otherwise
         nothing. Every process must enter it."""
-        return fsdp.full_params(self.model) if self.uses_fsdp else contextlib.nullcontext()
+        return fsdp_full_params(self.model) if self.uses_fsdp else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def micro_step(self, step: int, micro: int) -> Iterator[None]:
@@ -222,7 +259,7 @@ class TrainingRun:
 
         Under FSDP each process checks its shards and all raise when one finds a bad weight."""
         bad = next((name for name, param in self.unwrapped.named_parameters()
-                    if param.requires_grad and not bool(torch.isfinite(fsdp.local_tensor(param.detach())).all())),
+                    if param.requires_grad and not bool(torch.isfinite(local_tensor(param.detach())).all())),
                    None)
         if self.uses_fsdp and self.num_processes > 1:
             from accelerate.utils import gather_object
@@ -238,7 +275,7 @@ class TrainingRun:
         (``save_pretrained`` reads the model itself)."""
         if not self.uses_fsdp:
             return None
-        state = fsdp.full_model_state(self.model, trainable_only=is_peft(self.unwrapped))
+        state = full_model_state(self.model, trainable_only=is_peft(self.unwrapped))
         return {k: v.to(self.load_dtypes[k]) if k in self.load_dtypes and v.is_floating_point() else v
                 for k, v in state.items()}
 

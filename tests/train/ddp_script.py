@@ -10,8 +10,14 @@ its model, the trainable weights it holds (gathered: under FSDP the full weights
 ``OUT/weights/<stage>_<rank>.pt``, and ``OUT/summary_<rank>.json``.
 
 GRPO's rewards are replaced by one that varies with the completion (the share of digits in it), so that a
-random tiny model gets non-zero advantages and its adapter moves; prompt masking is off
-(``p_mask_prompt: 0``; its mask is drawn per process batch).
+random tiny model gets non-zero advantages and its adapter moves. The rollouts decode with a confidence
+threshold (0.005: the tiny model's confidences are around it), so a process runs as many sampler passes
+as its prompts need, 5 to 8 here, and the ranks' counts differ: under FSDP the rollouts must not gather
+weights per pass (``TrainingRun.full_params``). Two GRPO settings differ from the
+defaults because their draws depend on how rows are batched, not on the rows: prompt masking is off
+(``p_mask_prompt: 0``; its mask is drawn for the process's batch) and so is LoRA dropout (its mask has
+the micro-batch's shape, whose prompt padding depends on the other prompts in the batch; SFT's rows are
+padded to max_length, so SFT keeps dropout 0.1).
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ STAGES = ("sft", "grpo")
 RESUME_FROM = {"sft": 2, "grpo": 1}
 
 
-def digits_reward(self, completion: str, example) -> dict[str, float]:
+def digits_reward(self, completion: str, example):
     """A reward with signal for a random model: the share of digits in the completion."""
-    return {"digits": sum(c.isdigit() for c in completion) / max(len(completion), 1)}
+    from d1.tasks.base import RewardBreakdown
+
+    return RewardBreakdown.of({"digits": sum(c.isdigit() for c in completion) / max(len(completion), 1)})
 
 
 def configs(base: Path, data: Path, out: Path, world: int):
@@ -51,8 +59,9 @@ def configs(base: Path, data: Path, out: Path, world: int):
                     device="cpu")
     grpo = GRPOConfig(model_path=str(base), data_dir=str(data), tasks=["countdown", "sudoku"],
                       out_dir=str(out / "grpo"), num_generations=2, generation_batch_size=2, batch_size=2,
-                      grad_accum=accum, sampler=SamplerConfig(gen_length=8, block_length=8, steps=4, temperature=0.9),
-                      num_iterations=2, max_steps=3, lr=1e-2, lora_r=4, lora_alpha=8.0, lora_dropout=0.1,
+                      grad_accum=accum, sampler=SamplerConfig(gen_length=8, block_length=8, steps=4, temperature=0.9,
+                                                                   threshold=0.005),
+                      num_iterations=2, max_steps=3, lr=1e-2, lora_r=4, lora_alpha=8.0, lora_dropout=0.0,
                       p_mask_prompt=0.0, save_steps=1, save_total_limit=None, warmup_ratio=0.0, device="cpu")
     for cfg in (sft, grpo):
         cfg.validate()
@@ -90,7 +99,7 @@ def instrumented(out: Path) -> Iterator[dict]:
 
         return mock.patch.object(module, key, save_final)
 
-    with mock.patch.object(Task, "reward_components", digits_reward), \
+    with mock.patch.object(Task, "reward", digits_reward), \
             recording(sft_module, "save_final"), recording(grpo_module, "save_final"):
         yield facts
 

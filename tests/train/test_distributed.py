@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -75,8 +76,17 @@ def launch(mode: str, inputs, out: Path, repo_root: Path) -> list[dict]:
            "--dynamo_backend", "no", str(SCRIPT), str(base), str(data), str(out)]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, cwd=repo_root)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # Its own session, so that a run that hangs (a collective one rank never reaches) is killed with
+    # the workers torchrun started. A run takes ~10 s on 2 cores.
+    proc = subprocess.Popen(cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"{mode}: the 2-process run hung (killed after 150 s): {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
     return [json.loads((out / f"summary_{r}.json").read_text()) for r in (0, 1)]
 
 
