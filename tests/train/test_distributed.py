@@ -10,6 +10,10 @@ tests/train/ddp_script.py runs the stages (see its docstring). Each launch check
 - a run resumed from a checkpoint (SFT at step 2, GRPO at step 1, mid-round) ends where the
   uninterrupted run did;
 - the files: merged SFT model, adapters, per-rank RNG states and mid-round rollouts in checkpoints.
+
+GRPO's rollouts decode with a confidence threshold, so the two ranks run different numbers of sampler
+passes: under FSDP that hangs unless the rollouts gather the weights once (``TrainingRun.full_params``);
+a hung launch is stopped after ``HANG_AFTER_S`` and fails.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from tests.train.conftest import save_tiny_base, write_tiny_data
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 FSDP_CONFIG = "infra/gpu/accelerate/8gpu-fsdp.yaml"
-#: 2 x 1 against 1 x 2 micro-batches: the same sums in another order (all-reduce mean vs accumulation),
-#: then 3 AdamW steps at lr 1e-2 (measured max difference ~1e-7 on weights of size ~0.1-1)
+#: 2 x 1 against 1 x 2 micro-batches: the same sums in another order (all-reduce mean vs accumulation)
+#: and, in GRPO, prompts padded to another length; then 3 AdamW steps at lr 1e-2. Measured max abs
+#: difference on weights up to 0.19: SFT 0 (DDP) / 1.5e-8 (FSDP), GRPO 1.8e-6 (both)
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+#: a launch takes ~10 s on 2 cores; one that runs this long has hung
+HANG_AFTER_S = 150
 LAUNCH = {
     "ddp": ["--multi_gpu", "--mixed_precision", "no", "--main_process_port", "29517"],
     "fsdp": ["--config_file", FSDP_CONFIG, "--mixed_precision", "no", "--main_process_port", "29518"],
@@ -76,16 +83,20 @@ def launch(mode: str, inputs, out: Path, repo_root: Path) -> list[dict]:
            "--dynamo_backend", "no", str(SCRIPT), str(base), str(data), str(out)]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")]))
-    # Its own session, so that a run that hangs (a collective one rank never reaches) is killed with
-    # the workers torchrun started. A run takes ~10 s on 2 cores.
     proc = subprocess.Popen(cmd, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        _, stderr = proc.communicate(timeout=150)
+        _, stderr = proc.communicate(timeout=HANG_AFTER_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"{mode}: the 2-process run hung (killed after 150 s): {stderr[-3000:]}")
+        # A hung run (a collective one rank never reaches): SIGTERM lets torchrun stop its workers, which
+        # run in sessions of their own; then SIGKILL whatever is left of the launcher's session.
+        proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
+        pytest.fail(f"{mode}: the 2-process run hung (stopped after {HANG_AFTER_S} s): {stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-4000:]
     return [json.loads((out / f"summary_{r}.json").read_text()) for r in (0, 1)]
 
@@ -136,3 +147,21 @@ def test_the_fsdp_config_shards_llada_blocks(repo_root):
     assert fsdp["fsdp_version"] == 2  # the training loops refuse FSDP1
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] in LLaDAModelLM._no_split_modules
+
+
+@pytest.mark.parametrize("mode, fsdp2, refused", [("FSDP", False, "fsdp_version: 2"), ("DEEPSPEED", False, "DeepSpeed"),
+                                                   ("FSDP", True, None), ("MULTI_GPU", False, None)])
+def test_the_training_loops_refuse_fsdp1_and_deepspeed(mode, fsdp2, refused):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from d1.errors import ConfigError
+    from d1.train.common import check_distributed_mode
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType[mode], is_fsdp2=fsdp2)
+    if refused is None:
+        check_distributed_mode(accelerator)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            check_distributed_mode(accelerator)
