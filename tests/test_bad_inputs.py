@@ -295,8 +295,8 @@ CASES = [
          r"micro\.eval\.gen_lengths: 50 is not a positive multiple of the sampler's block_length 32$"),
     Case("param-moved-key", lambda t, a: _micro(a, "grpo", "diffusion_steps=8"),
          r"micro\.grpo\.diffusion_steps: moved to micro\.grpo\.sampler\.steps$"),
-    Case("grpo-replay-with-threshold", lambda t, a: _micro(a, "grpo", "logp_estimator=replay", "sampler.threshold=0.9"),
-         r"micro\.grpo\.sampler\.threshold: must be null with logp_estimator replay \(it replays the sampler's "
+    Case("grpo-replay-with-threshold", lambda t, a: _micro(a, "grpo", "estimator=replay", "sampler.threshold=0.9"),
+         r"micro\.grpo\.sampler\.threshold: must be null with estimator replay \(it replays the sampler's "
          r"fixed step schedule\), got 0\.9$"),
     # --- data files
     Case("data-missing-file", lambda t, a: ["prepare", "--params", _flat_params(t, "prepare", {

@@ -10,14 +10,15 @@ task registry (the sum of the task's components, each component logged); group a
 iteration j, every completion token is masked and each prompt token is masked
 with probability ``p_mask_prompt`` using ONE mask drawn from seed ``s_j`` for
 the whole rollout batch, and the old, reference and current policy all score
-that same masked input (``logp_estimator: blockwise``: one pass per sampler
+that same masked input (``estimator: blockwise``: one pass per sampler
 block, earlier blocks shown; ``coupled``: two passes with complementary random
 parts of the completion masked, the split shared by a prompt's G completions;
 ``replay``: the sampler's unmasking order recorded with each rollout, one pass
 per chunk of ``replay_chunks`` of its steps, each token scored given the tokens
-unmasked before its chunk; none of them in d1). Per token: PPO clip with ``epsilon`` and ``beta`` x k3
-KL to the reference; tokens after the first stop token are excluded
-(:mod:`d1.algo.grpo`).
+unmasked before its chunk; none of them in d1: :mod:`d1.algo.estimators`). The loss is the
+``objective`` (:mod:`d1.algo.objectives`; d1's ``diffu_grpo``: per token, PPO clip with ``epsilon`` and
+``beta`` x k3 KL to the reference); tokens after the first stop token are excluded. Estimator and
+objective are looked up by name once, when the trainer is built.
 
 - old policy: the policy that generated the rollouts; its log-probs for every
   iteration j are computed once, right after the rollouts (as d1). With
@@ -61,16 +62,15 @@ from typing import Any
 
 import torch
 
+from d1.algo.estimators import ESTIMATORS, Coupled, Estimator, replay_chunks  # noqa: F401 (replay_chunks: moved)
 from d1.algo.grpo import (
     completion_mask,
-    coupled_completion_mask,
-    diffu_grpo_loss,
     draw_mask_seeds,
     group_advantages,
     mask_generator,
     mask_prompt_for_logp,
-    per_token_logps,
 )
+from d1.algo.objectives import OBJECTIVES, ObjectiveInputs
 from d1.errors import DataError
 from d1.generation import generate, left_pad
 from d1.train.common import (
@@ -91,8 +91,10 @@ from d1.models.chat import prompt_text
 
 REASONING_PREFIX = "<reasoning>"
 FIXED_MASK_SEED = 42  # d1's seed for every iteration when random_masking is off
-#: diffu_grpo_loss stats logged per optimiser step (token-weighted over micro-batches and processes)
+#: diffu_grpo_loss stats logged per optimiser step (token-weighted over micro-batches and processes);
+#: any other stat an objective returns is logged the same way, except those of UNWEIGHTED_STATS
 STEP_STATS = ("policy_loss", "kl", "clip_frac", "clip_low_frac", "clip_high_frac", "ratio_mean")
+UNWEIGHTED_STATS = ("loss", "num_tokens", "ratio_min", "ratio_max")
 
 
 @dataclass
@@ -122,19 +124,6 @@ def load_prompts(tokenizer: Any, cfg: GRPOConfig) -> list[PromptItem]:
     return items
 
 
-def replay_chunks(decode_order: torch.Tensor, steps: int, chunks: int | None) -> torch.Tensor:
-    """The sampler's decode step of every token [N, T] -> its replay chunk [N, T] (0..chunks-1).
-
-    ``chunks`` consecutive runs of ``steps / chunks`` sampler steps (None: one chunk
-    per step, the rollout's own conditioning). A position the sampler never filled
-    (order -1: cannot happen with LLaDA's schedule) would be an error."""
-    if bool((decode_order < 0).any()):
-        raise DataError("grpo: the sampler left a completion position without a decode step")
-    if chunks is None or chunks >= steps:
-        return decode_order.clone()
-    return decode_order * chunks // steps
-
-
 @dataclass
 class Rollouts:
     """One round's rollouts on this process and everything the mu iterations reuse.
@@ -153,7 +142,7 @@ class Rollouts:
     old_logps: list[torch.Tensor] | None
     ref_logps: list[torch.Tensor] | None
     metrics: dict = field(default_factory=dict)
-    unmask_order: torch.Tensor | None = None  # [N, T] replay chunk of every token (logp_estimator: replay)
+    unmask_order: torch.Tensor | None = None  # [N, T] the estimator's rollout_order (replay: chunk of every token)
 
     @property
     def prompt_mask(self) -> torch.Tensor:
@@ -166,19 +155,21 @@ class Rollouts:
         return self.estimator_inputs(iteration, mask_id=mask_id, p_mask_prompt=p_mask_prompt)[0]
 
     def estimator_inputs(self, iteration: int, *, mask_id: int, p_mask_prompt: float,
+                         estimator: Estimator | None = None,
                          coupled_group: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Iteration j's masked input [N, P+T] and, with ``coupled_group`` (G), the coupled split [N, T].
+        """Iteration j's masked input [N, P+T] and the estimator's draw [N, T] (None: it draws nothing;
+        ``coupled_group=G`` stands for the coupled estimator of groups of G: its split).
 
-        One CPU generator from seed s_j draws the prompt mask first, then the split,
+        One CPU generator from seed s_j draws the prompt mask first, then the estimator's draw,
         so old, reference and current policy all see the same two."""
+        if estimator is None and coupled_group is not None:
+            estimator = Coupled(coupled_group)
         generator = mask_generator(self.mask_seeds[iteration])
         noisy = mask_prompt_for_logp(self.ids, self.prompt_mask, mask_id, p_mask_prompt, generator=generator,
                                      attention_mask=self.attention)
-        if coupled_group is None:
-            return noisy, None
-        split = coupled_completion_mask(self.ids.shape[0], self.ids.shape[1] - self.prompt_len,
-                                        group_size=coupled_group, generator=generator)
-        return noisy, split.to(self.ids.device)
+        draw = None if estimator is None else estimator.draw(generator, self.ids.shape[0],
+                                                              self.ids.shape[1] - self.prompt_len)
+        return noisy, None if draw is None else draw.to(self.ids.device)
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in ("ids", "attention", "prompt_len", "keep", "advantages", "mask_seeds",
@@ -197,16 +188,15 @@ class DiffuGRPO:
         self.stop_ids = ids.end_of_turn_ids()
         self.prompts = prompts
         self.ref_model = ref_model
-        # the estimator's blocks: the sampler's for "blockwise", one block (d1) otherwise
-        self.logp_block_length = self.cfg.sampler.block_length if self.cfg.logp_estimator == "blockwise" else None
-        # "coupled": the G completions of a prompt share each iteration's split
-        self.coupled_group = self.cfg.num_generations if self.cfg.logp_estimator == "coupled" else None
+        # looked up once by name; the trainer asks them what they need and never compares names
+        self.estimator: Estimator = ESTIMATORS.get(self.cfg.estimator).from_config(self.cfg)
+        self.objective = OBJECTIVES.get(self.cfg.objective)
 
     def score_mask(self, ro: Rollouts, rows: slice) -> torch.Tensor | None:
         """The scored tokens given to the estimator, which skips a pass that scores none of them
-        (``blockwise``, ``coupled``, ``replay``). Under FSDP every pass is run (None): each gathers
-        weights, so every process must run as many; the skipped passes' tokens are not kept, so the
-        loss is the same."""
+        (``blockwise``, ``coupled``, ``replay``; d1's single pass is always made). Under FSDP every
+        pass is run (None): each gathers weights, so every process must run as many; the skipped
+        passes' tokens are not kept, so the loss is the same."""
         return None if self.run.uses_fsdp else ro.keep[rows]
 
     # ------------------------------------------------------------------ steps and rounds
@@ -246,10 +236,10 @@ class DiffuGRPO:
         policy.eval()
         start = time.perf_counter()
         chunks = []
-        replay = cfg.logp_estimator == "replay"
+        record = self.estimator.needs_decode_order
         sampler = cfg.sampler.generate_kwargs()
         decode_order = (torch.full((prompt_ids.shape[0], sampler["gen_length"]), -1, dtype=torch.long,
-                                   device=device) if replay else None)
+                                   device=device) if record else None)
         first_row = run.rank * prompt_ids.shape[0]  # this process's first row in the round's rollouts
         with run.accelerator.autocast():
             for lo in range(0, prompt_ids.shape[0], cfg.generation_batch_size):
@@ -260,7 +250,7 @@ class DiffuGRPO:
                 generator = make_generator(cfg.seed, "grpo", "rollout", round_index, first_row + lo, device=device)
                 chunks.append(generate(policy, prompt_ids[lo:hi], **sampler, mask_id=self.ids.mask_id,
                                        attention_mask=prompt_attention[lo:hi], generator=generator,
-                                       decode_order=decode_order[lo:hi] if replay else None))
+                                       decode_order=decode_order[lo:hi] if record else None))
         rollout_time = time.perf_counter() - start
         ids = torch.cat(chunks)
         prompt_len = prompt_ids.shape[1]
@@ -278,8 +268,7 @@ class DiffuGRPO:
             seeds = [FIXED_MASK_SEED] * cfg.num_iterations
         ro = Rollouts(ids=ids, attention=attention, prompt_len=prompt_len, keep=keep, advantages=advantages,
                       mask_seeds=seeds, old_logps=None, ref_logps=None,
-                      unmask_order=replay_chunks(decode_order, sampler["steps"], cfg.replay_chunks)
-                      if replay else None)
+                      unmask_order=self.estimator.rollout_order(decode_order) if record else None)
         with run.accelerator.autocast():
             if cfg.num_iterations > 1:
                 ro.old_logps = self.each_iteration(lambda j: self.score_logps(policy, ro, j))
@@ -314,25 +303,30 @@ class DiffuGRPO:
     def score_logps(self, model: Any, ro: Rollouts, iteration: int) -> torch.Tensor:
         """Per-token log-probs [N, T] (no grad) of iteration ``iteration``, in micro-batches of batch_size."""
         cfg = self.cfg
-        noisy, split = ro.estimator_inputs(iteration, mask_id=self.ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
-                                           coupled_group=self.coupled_group)
-        prompt_mask = ro.prompt_mask
-        out = []
-        for lo in range(0, ro.ids.shape[0], cfg.batch_size):
-            sl = slice(lo, lo + cfg.batch_size)
-            out.append(per_token_logps(model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
-                                       p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
-                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=self.score_mask(ro, sl),
-                                       coupled_mask=None if split is None else split[sl],
-                                       unmask_order=None if ro.unmask_order is None else ro.unmask_order[sl]))
-        return torch.cat(out)
+        inputs = self.estimator_inputs(ro, iteration)
+        return torch.cat([self.logps(model, ro, inputs, slice(lo, lo + cfg.batch_size))
+                          for lo in range(0, ro.ids.shape[0], cfg.batch_size)])
+
+    def estimator_inputs(self, ro: Rollouts, iteration: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Iteration ``iteration``'s masked input [N, P+T] and the estimator's draw [N, T] or None."""
+        return ro.estimator_inputs(iteration, mask_id=self.ids.mask_id, p_mask_prompt=self.cfg.p_mask_prompt,
+                                   estimator=self.estimator)
+
+    def logps(self, model: Any, ro: Rollouts, inputs: tuple[torch.Tensor, torch.Tensor | None],
+              rows: slice) -> torch.Tensor:
+        """The estimator's per-token log-probs [rows, T] of ``model`` (grad as the caller's context has it)."""
+        noisy, draw = inputs
+        return self.estimator.logps(model, ro.ids[rows], ro.prompt_mask[rows], mask_id=self.ids.mask_id,
+                                    p_mask_prompt=self.cfg.p_mask_prompt, noisy_ids=noisy[rows],
+                                    attention_mask=ro.attention[rows], score_mask=self.score_mask(ro, rows),
+                                    draw=None if draw is None else draw[rows],
+                                    order=None if ro.unmask_order is None else ro.unmask_order[rows])
 
     def each_iteration(self, score: Any) -> list[torch.Tensor]:
         """``[score(j) for j in range(mu)]``, computed once when every iteration's estimator input is the
-        same (no prompt masking, and not the coupled estimator, whose split changes with the seed)."""
+        same (no prompt masking, and an estimator that draws nothing per iteration: not the coupled one)."""
         mu = self.cfg.num_iterations
-        if self.cfg.p_mask_prompt == 0 and self.coupled_group is None:
+        if self.estimator.same_input_every_iteration(self.cfg.p_mask_prompt):
             return [score(0)] * mu
         return [score(j) for j in range(mu)]
 
@@ -385,9 +379,7 @@ class DiffuGRPO:
         cfg, run = self.cfg, self.run
         acc, device = run.accelerator, run.device
         timer = StepTimer()
-        noisy, split = ro.estimator_inputs(iteration, mask_id=self.ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
-                                           coupled_group=self.coupled_group)
-        prompt_mask = ro.prompt_mask
+        inputs = self.estimator_inputs(ro, iteration)
         kept_global = reduce_sum(acc, float(ro.keep.sum()), device)
         batch_norm = cfg.loss_normalization == "batch"
         scale = cfg.grad_accum * run.num_processes  # undo accelerate's 1/grad_accum and DDP's mean
@@ -396,25 +388,21 @@ class DiffuGRPO:
         for micro in range(cfg.grad_accum):
             sl = slice(micro * cfg.batch_size, (micro + 1) * cfg.batch_size)
             with run.micro_step(step, micro):
-                logp = per_token_logps(run.model, ro.ids[sl], prompt_mask[sl], mask_id=self.ids.mask_id,
-                                       p_mask_prompt=cfg.p_mask_prompt, noisy_ids=noisy[sl],
-                                       attention_mask=ro.attention[sl], block_length=self.logp_block_length,
-                                       score_mask=self.score_mask(ro, sl),
-                                       coupled_mask=None if split is None else split[sl],
-                                       unmask_order=None if ro.unmask_order is None else ro.unmask_order[sl])
+                logp = self.logps(run.model, ro, inputs, sl)
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None
-                loss, stats = diffu_grpo_loss(logp, old, ref, ro.advantages[sl], ro.keep[sl],
-                                              eps=cfg.epsilon, beta=cfg.beta,
-                                              num_tokens=max(kept_global, 1.0) if batch_norm else None)
+                # d1: this micro-batch's kept-token mean; batch: the optimiser batch's kept-token count as
+                # the denominator (the micro-batch losses then sum to the batch's)
+                loss, stats = self.objective(ObjectiveInputs(logp, old, ref, ro.advantages[sl], ro.keep[sl]), cfg,
+                                             agg="token_mean",
+                                             denominator=max(kept_global, 1.0) if batch_norm else None)
                 run.backward(loss * scale if batch_norm else loss)
                 lr = run.lr
                 run.optimizer_step()
             loss_total += float(loss.detach()) if batch_norm else float(loss.detach()) / cfg.grad_accum
-            tokens = stats["num_tokens"]
-            for key in STEP_STATS:
-                if key in stats:
-                    sums[key] = sums.get(key, 0.0) + stats[key] * tokens
+            tokens = float(ro.keep[sl].sum())
+            for key in self.logged_stats(stats):
+                sums[key] = sums.get(key, 0.0) + stats[key] * tokens
             sums["tokens"] = sums.get("tokens", 0.0) + tokens
         tokens = max(kept_global, 1.0)
         metrics = dict(ro.metrics)
@@ -427,10 +415,16 @@ class DiffuGRPO:
             / len(self.prompts),
             "perf/tokens_per_s": reduce_sum(acc, ro.ids.numel(), device) / timer.elapsed(),
         })
-        for key in STEP_STATS:
-            if key in sums:
-                metrics[f"train/{key}"] = reduce_sum(acc, sums[key], device) / tokens
+        for key in self.logged_stats(sums):
+            metrics[f"train/{key}"] = reduce_sum(acc, sums[key], device) / tokens
         return metrics
+
+    @staticmethod
+    def logged_stats(stats: dict) -> list[str]:
+        """The objective's stats logged token-weighted, in the same order on every process: STEP_STATS
+        first, then the others an objective adds, by name."""
+        extra = sorted(k for k in stats if k not in STEP_STATS and k not in UNWEIGHTED_STATS and k != "tokens")
+        return [k for k in STEP_STATS if k in stats] + extra
 
     def train(self, model: torch.nn.Module, callbacks: Sequence[StepCallback] = ()) -> dict:
         """Run the optimiser steps from the start (or the resumed step) to the end; the last metrics."""

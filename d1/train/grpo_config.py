@@ -31,7 +31,6 @@ from d1.train.configs import (
 )
 
 GRPO_LOSS_NORMALIZATION = ("d1", "batch")
-GRPO_LOGP_ESTIMATORS = ("one_step", "blockwise", "coupled", "replay")
 
 
 @dataclass
@@ -61,7 +60,8 @@ class GRPOConfig(TrainConfigBase):
     its own prompt mask, and a masked number hides the puzzle of a short prompt.
     The CPU learning benchmark uses 0 (measured GRPO gain +2.8 vs +0.4 points from
     the same SFT model: docs/results.md).
-    logp_estimator: ``one_step`` = d1's estimator (one forward pass, every
+    estimator: the log-prob estimator, by its name in :data:`d1.algo.ESTIMATORS`
+    (:mod:`d1.algo.estimators`; was ``logp_estimator``). ``one_step`` = d1's estimator (one forward pass, every
     completion token masked); ``blockwise`` (not in d1) = one pass per block of
     ``sampler.block_length`` tokens, earlier blocks shown, so a token is scored given
     the blocks the sampler had finished when it wrote it
@@ -80,6 +80,9 @@ class GRPOConfig(TrainConfigBase):
     saw when it wrote it. Costs one pass per chunk.
     Needs the sampler's fixed step schedule (no ``sampler.threshold``).
     replay_chunks: chunks of sampler steps for ``replay`` (null = the sampler's steps).
+    objective: the policy objective, by its name in :data:`d1.algo.OBJECTIVES`
+    (:mod:`d1.algo.objectives`); ``diffu_grpo`` = d1's (PPO clip with ``epsilon``,
+    ``beta`` x k3 KL to the reference).
     sampler: the rollout sampler (:class:`d1.generation.SamplerConfig`, the section
     evaluation uses too); defaults to d1's rollouts: gen_length 256, block 32, steps
     128 (null: gen_length / 2), temperature 0.9, low-confidence remasking. A
@@ -99,6 +102,7 @@ class GRPOConfig(TrainConfigBase):
         "gen_length": "sampler.gen_length", "block_length": "sampler.block_length",
         "diffusion_steps": "sampler.steps", "temperature": "sampler.temperature",
         "cfg_scale": "sampler.cfg_scale", "remasking": "sampler.remasking",
+        "logp_estimator": "estimator",
     }
 
     model_path: str = "outputs/sft/model"
@@ -117,7 +121,8 @@ class GRPOConfig(TrainConfigBase):
     random_masking: bool = True
     scale_rewards: bool = False  # divide advantages by the group std (GRPO); d1 does not
     loss_normalization: str = "d1"
-    logp_estimator: str = "one_step"
+    estimator: str = "one_step"
+    objective: str = "diffu_grpo"
     replay_chunks: int | None = None
     # optimiser (d1 train.yaml)
     lr: float = 3e-6
@@ -198,10 +203,15 @@ class GRPOConfig(TrainConfigBase):
         if not 0.0 <= self.p_mask_prompt <= 1.0:
             fail_at(f"{s}.p_mask_prompt", f"must be in [0, 1], got {self.p_mask_prompt}")
         require_one_of(s, "loss_normalization", self.loss_normalization, GRPO_LOSS_NORMALIZATION)
-        require_one_of(s, "logp_estimator", self.logp_estimator, GRPO_LOGP_ESTIMATORS)
-        if self.logp_estimator == "replay" and self.sampler.threshold is not None:
-            fail_at(f"{s}.sampler.threshold", f"must be null with logp_estimator replay (it replays the sampler's "
-                    f"fixed step schedule), got {self.sampler.threshold}")
+        # the registered variants (importing the modules registers the built-in ones)
+        from d1.algo.estimators import ESTIMATORS
+        from d1.algo.objectives import OBJECTIVES
+
+        require_one_of(s, "estimator", self.estimator, ESTIMATORS.names())
+        require_one_of(s, "objective", self.objective, OBJECTIVES.names())
+        if ESTIMATORS.get(self.estimator).needs_decode_order and self.sampler.threshold is not None:
+            fail_at(f"{s}.sampler.threshold", f"must be null with estimator {self.estimator} (it replays the "
+                    f"sampler's fixed step schedule), got {self.sampler.threshold}")
         if self.replay_chunks is not None:
             require_positive(s, "replay_chunks", self.replay_chunks)
             steps = self.sampler.steps_for()

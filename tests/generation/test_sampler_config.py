@@ -149,13 +149,13 @@ def test_grpo_sampler_errors_name_the_profile_key(tmp_path):
 
 
 def test_replay_needs_the_fixed_step_schedule(tmp_path):
-    replay = {"logp_estimator": "replay", "sampler": {"threshold": 0.9}}
+    replay = {"estimator": "replay", "sampler": {"threshold": 0.9}}
     assert error_of(load, tmp_path, {"grpo": replay}, GRPOConfig, "grpo") == (
-        "grpo.sampler.threshold: must be null with logp_estimator replay (it replays the sampler's fixed step "
+        "grpo.sampler.threshold: must be null with estimator replay (it replays the sampler's fixed step "
         "schedule), got 0.9")
     # threshold with another estimator, and replay without threshold, are fine
-    load(tmp_path, {"grpo": {"logp_estimator": "blockwise", "sampler": {"threshold": 0.9}}}, GRPOConfig, "grpo")
-    cfg = load(tmp_path, {"grpo": {"logp_estimator": "replay", "replay_chunks": 16,
+    load(tmp_path, {"grpo": {"estimator": "blockwise", "sampler": {"threshold": 0.9}}}, GRPOConfig, "grpo")
+    cfg = load(tmp_path, {"grpo": {"estimator": "replay", "replay_chunks": 16,
                                    "sampler": {"gen_length": 64, "steps": 16}}}, GRPOConfig, "grpo")
     assert cfg.replay_chunks == 16
     # replay_chunks is checked against the sampler's steps (null: gen_length // 2)

@@ -73,9 +73,13 @@ def test_load_from_params_yaml(tmp_path):
         ("grpo", "sampler: {remasking: greedy}", "grpo.sampler.remasking: 'greedy' is not one of"),
         ("grpo", "sampler: {temperature: x}", "grpo.sampler.temperature: expected a number, got 'x'"),
         ("grpo", "sampler: {gen_length: null}", "grpo.sampler.gen_length: required for rollouts"),
-        ("grpo", "logp_estimator: replay\nsampler: {threshold: 0.9}", "grpo.sampler.threshold: must be null with "
-         "logp_estimator replay"),
-        ("grpo", "logp_estimator: replay\nreplay_chunks: 200", "grpo.replay_chunks: 200 is more than the 128 sampler"),
+        ("grpo", "estimator: replay\nsampler: {threshold: 0.9}", "grpo.sampler.threshold: must be null with "
+         "estimator replay"),
+        ("grpo", "estimator: replay\nreplay_chunks: 200", "grpo.replay_chunks: 200 is more than the 128 sampler"),
+        ("grpo", "logp_estimator: replay", "grpo.logp_estimator: moved to grpo.estimator"),
+        ("grpo", "estimator: two_step", "grpo.estimator: 'two_step' is not one of one_step, blockwise, coupled, "
+         "replay"),
+        ("grpo", "objective: wd1", "grpo.objective: 'wd1' is not one of diffu_grpo"),
         ("pretrain", "model_path: GSAI-ML/LLaDA-8B-Instruct", "pretrain.model_path: only the built-in 'tiny'"),
         ("pretrain", "seq_len: 2048", "pretrain.seq_len: 2048 exceeds max_sequence_length 1024"),
         ("pretrain", "d_model: 100\nn_heads: 3", "pretrain.n_heads"),

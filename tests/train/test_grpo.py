@@ -97,7 +97,7 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
     ids = token_ids(policy, load_tokenizer(cfg.model_path))
     noisy = ro.masked_input(iteration, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt)
     split = None
-    if cfg.logp_estimator == "coupled":  # the split drawn after the prompt mask from the iteration's seed
+    if cfg.estimator == "coupled":  # the split drawn after the prompt mask from the iteration's seed
         generator = mask_generator(ro.mask_seeds[iteration])
         mask_prompt_for_logp(ro.ids, ro.prompt_mask, ids.mask_id, cfg.p_mask_prompt, generator=generator,
                              attention_mask=ro.attention)
@@ -105,7 +105,7 @@ def loss_by_hand(cfg, ro, iteration, *, per_sequence: bool):
                                         generator=generator)
     logp = per_token_logps(policy, ro.ids, ro.prompt_mask, mask_id=ids.mask_id, p_mask_prompt=cfg.p_mask_prompt,
                            noisy_ids=noisy, attention_mask=ro.attention,
-                           block_length=cfg.sampler.block_length if cfg.logp_estimator == "blockwise" else None,
+                           block_length=cfg.sampler.block_length if cfg.estimator == "blockwise" else None,
                            coupled_mask=split, unmask_order=ro.unmask_order)
     old = ro.old_logps[iteration] if ro.old_logps else None
     ref = ro.ref_logps[iteration] if ro.ref_logps else None
@@ -146,7 +146,7 @@ def test_accumulation_1x4_equals_4x1(tiny_base, tiny_data, tmp_path, capture):
 def test_blockwise_estimator_scores_every_policy_block_by_block(tiny_base, tiny_data, tmp_path, capture):
     kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
               loss_normalization="batch")
-    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "blocks", logp_estimator="blockwise", **kw)
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "blocks", estimator="blockwise", **kw)
     run_grpo(cfg)
     ro = capture["rollouts"][0]
     # the trainer's gradient is the spec's with the block-wise estimator for current, old and reference
@@ -156,14 +156,14 @@ def test_blockwise_estimator_scores_every_policy_block_by_block(tiny_base, tiny_
     torch.testing.assert_close(ro.ref_logps[0][kept], by_block[kept])
     assert kept[:, 4:].any()  # the second block is scored somewhere, and differs from d1's estimate
     assert not torch.allclose(ro.ref_logps[0][:, 4:][kept[:, 4:]], one_step[:, 4:][kept[:, 4:]])
-    with pytest.raises(ConfigError, match="grpo.logp_estimator"):
-        grpo_config(tiny_base, tiny_data, tmp_path / "bad", logp_estimator="two_step")
+    with pytest.raises(ConfigError, match="grpo.estimator"):
+        grpo_config(tiny_base, tiny_data, tmp_path / "bad", estimator="two_step")
 
 
 def test_coupled_estimator_scores_each_token_once_with_a_shared_split(tiny_base, tiny_data, tmp_path, capture):
     kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
               loss_normalization="batch", beta=0.04)
-    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "coupled", logp_estimator="coupled", **kw)
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "coupled", estimator="coupled", **kw)
     run_grpo(cfg)
     ro = capture["rollouts"][0]
     # the trainer's gradient is the spec's with the coupled estimator for current, old and reference
@@ -182,7 +182,7 @@ def test_coupled_estimator_scores_each_token_once_with_a_shared_split(tiny_base,
 def test_replay_estimator_scores_tokens_in_the_samplers_order(tiny_base, tiny_data, tmp_path, capture):
     kw = dict(max_steps=1, num_generations=2, batch_size=4, grad_accum=1, gen_length=8, block_length=4,
               steps=8, loss_normalization="batch", beta=0.04)
-    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "replay", logp_estimator="replay", replay_chunks=4, **kw)
+    cfg = grpo_config(tiny_base, tiny_data, tmp_path / "replay", estimator="replay", replay_chunks=4, **kw)
     run_grpo(cfg)
     ro = capture["rollouts"][0]
     # 8 steps, one token each, cut into 4 chunks of 2 steps: every chunk holds two tokens of its block
@@ -196,13 +196,13 @@ def test_replay_estimator_scores_tokens_in_the_samplers_order(tiny_base, tiny_da
     kept = ro.keep
     torch.testing.assert_close(ro.ref_logps[0][kept], replayed[kept])
     # one chunk per step (null) keeps the step itself
-    run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "exact", logp_estimator="replay", **kw))
+    run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "exact", estimator="replay", **kw))
     exact = capture["rollouts"][1]
     assert torch.equal(exact.ids, ro.ids)
     assert torch.equal(exact.unmask_order // 2, ro.unmask_order)
     for bad in (0, 9):
         with pytest.raises(ConfigError, match="grpo.replay_chunks"):
-            grpo_config(tiny_base, tiny_data, tmp_path / "bad", logp_estimator="replay", replay_chunks=bad, **kw)
+            grpo_config(tiny_base, tiny_data, tmp_path / "bad", estimator="replay", replay_chunks=bad, **kw)
 
 
 def test_d1_normalisation_averages_micro_batch_means(tiny_base, tiny_data, tmp_path, capture):
@@ -248,7 +248,7 @@ def test_without_prompt_masking_each_round_scores_old_and_reference_once(tiny_ba
     torch.testing.assert_close(ro.old_logps[2][ro.keep], third[ro.keep])
     # the coupled split changes with each iteration's seed, so it is scored every time
     run_grpo(grpo_config(tiny_base, tiny_data, tmp_path / "p0c", num_iterations=3, max_steps=1, beta=0.04,
-                         p_mask_prompt=0.0, logp_estimator="coupled"))
+                         p_mask_prompt=0.0, estimator="coupled"))
     coupled = capture["rollouts"][1]
     assert not torch.equal(coupled.old_logps[0], coupled.old_logps[1])
 
@@ -284,7 +284,7 @@ def test_rollouts_take_every_sampler_setting(tiny_base, tiny_data, tmp_path, mon
     real = grpo_module.generate
     monkeypatch.setattr(grpo_module, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     cfg = grpo_config(tiny_base, tiny_data, tmp_path / "thr", max_steps=1, gen_length=16, steps=8, threshold=0.5,
-                      remasking="random", logp_estimator="blockwise")
+                      remasking="random", estimator="blockwise")
     run_grpo(cfg)
     wanted = cfg.sampler.generate_kwargs()
     assert wanted["threshold"] == 0.5 and wanted["steps"] == 8
