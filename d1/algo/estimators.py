@@ -43,19 +43,32 @@ class Estimator:
     needs_decode_order: ClassVar[bool] = False
     #: the estimator draws from the iteration's mask generator (its input changes with the seed)
     draws_per_iteration: ClassVar[bool] = False
+    #: what :meth:`logps` returns, which objectives name in ``estimator_outputs``: ``token_logp`` = a
+    #: per-token log-prob estimate [B, T]; an estimator of another quantity names it (``elbo``: per-token
+    #: terms of a sequence ELBO, [B, T]; ``spg_bounds``: [B, T, 3])
+    output: ClassVar[str] = "token_logp"
+    #: the dataclass of its own settings (``grpo.estimator_params``), or None
+    params: ClassVar[type | None] = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Estimator":
         """The estimator a ``grpo`` config asks for (reads only the settings it needs)."""
         return cls()
 
+    @classmethod
+    def options(cls, cfg: Any) -> Any:
+        """This estimator's ``params`` filled from ``cfg.estimator_params`` (None when it has none)."""
+        return estimator_params(cfg.estimator, getattr(cfg, "estimator_params", {}) or {}, "grpo.estimator_params")
+
     def rollout_order(self, decode_order: torch.Tensor) -> torch.Tensor | None:
         """What the rollouts keep of the sampler's decode steps [N, T] (None: nothing)."""
         return None
 
-    def draw(self, generator: torch.Generator, num_rows: int, completion_len: int) -> torch.Tensor | None:
-        """The iteration's own draw [num_rows, completion_len] (None: none), made on ``generator``
-        after the prompt mask, so old, reference and current policy see the same one."""
+    def draw(self, generator: torch.Generator, num_rows: int, completion_len: int,
+             keep: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The iteration's own draw [num_rows, ...] (None: none), made on ``generator`` after the
+        prompt mask, so old, reference and current policy see the same one; ``keep`` [num_rows,
+        completion_len] is the rollouts' kept-token mask (for draws that depend on the length)."""
         return None
 
     def same_input_every_iteration(self, p_mask_prompt: float) -> bool:
@@ -79,6 +92,20 @@ class Estimator:
 
 
 register_estimator("one_step")(Estimator)
+
+
+def estimator_params(name: str, values: dict, where: str) -> Any:
+    """Estimator ``name``'s params dataclass filled from ``values`` (unknown keys and bad types are
+    ConfigErrors naming ``where.<key>``; its ``validate()`` runs), or None for an estimator without
+    params (then ``values`` must be empty)."""
+    from d1.config import from_dict
+
+    params = ESTIMATORS.get(name).params
+    if params is None:
+        if values:
+            raise ConfigError(f"{where}: estimator {name!r} takes no parameters, got {', '.join(sorted(values))}")
+        return None
+    return from_dict(params, values, where)
 
 
 @register_estimator("blockwise")
@@ -112,7 +139,8 @@ class Coupled(Estimator):
     def from_config(cls, cfg: Any) -> "Coupled":
         return cls(cfg.num_generations)
 
-    def draw(self, generator: torch.Generator, num_rows: int, completion_len: int) -> torch.Tensor:
+    def draw(self, generator: torch.Generator, num_rows: int, completion_len: int,
+             keep: torch.Tensor | None = None) -> torch.Tensor:
         return coupled_completion_mask(num_rows, completion_len, group_size=self.group_size, generator=generator)
 
     def _options(self, draw: torch.Tensor | None, order: torch.Tensor | None) -> dict:
@@ -156,4 +184,5 @@ class Replay(Estimator):
         return {"unmask_order": order}
 
 
-__all__ = ["ESTIMATORS", "Blockwise", "Coupled", "Estimator", "Replay", "register_estimator", "replay_chunks"]
+__all__ = ["ESTIMATORS", "Blockwise", "Coupled", "Estimator", "Replay", "estimator_params", "register_estimator",
+           "replay_chunks"]

@@ -70,7 +70,7 @@ from d1.algo.grpo import (
     mask_generator,
     mask_prompt_for_logp,
 )
-from d1.algo.objectives import OBJECTIVES, ObjectiveInputs
+from d1.algo.objectives import OBJECTIVES, ObjectiveInputs, group_rows, traits_of
 from d1.errors import DataError
 from d1.generation import generate, left_pad
 from d1.train.common import (
@@ -168,7 +168,7 @@ class Rollouts:
         noisy = mask_prompt_for_logp(self.ids, self.prompt_mask, mask_id, p_mask_prompt, generator=generator,
                                      attention_mask=self.attention)
         draw = None if estimator is None else estimator.draw(generator, self.ids.shape[0],
-                                                              self.ids.shape[1] - self.prompt_len)
+                                                              self.ids.shape[1] - self.prompt_len, keep=self.keep)
         return noisy, None if draw is None else draw.to(self.ids.device)
 
     def state(self) -> dict:
@@ -191,6 +191,7 @@ class DiffuGRPO:
         # looked up once by name; the trainer asks them what they need and never compares names
         self.estimator: Estimator = ESTIMATORS.get(self.cfg.estimator).from_config(self.cfg)
         self.objective = OBJECTIVES.get(self.cfg.objective)
+        self.traits = traits_of(self.objective)
 
     def score_mask(self, ro: Rollouts, rows: slice) -> torch.Tensor | None:
         """The scored tokens given to the estimator, which skips a pass that scores none of them
@@ -270,7 +271,7 @@ class DiffuGRPO:
                       mask_seeds=seeds, old_logps=None, ref_logps=None,
                       unmask_order=self.estimator.rollout_order(decode_order) if record else None)
         with run.accelerator.autocast():
-            if cfg.num_iterations > 1:
+            if cfg.num_iterations > 1 and self.traits.uses_old_policy:  # a ratio-free objective needs none
                 ro.old_logps = self.each_iteration(lambda j: self.score_logps(policy, ro, j))
             if cfg.beta > 0:
                 ro.ref_logps = self.reference_logps(ro)
@@ -382,6 +383,12 @@ class DiffuGRPO:
         inputs = self.estimator_inputs(ro, iteration)
         kept_global = reduce_sum(acc, float(ro.keep.sum()), device)
         batch_norm = cfg.loss_normalization == "batch"
+        # batch: the optimiser batch's count for the objective's aggregation (kept tokens or rows)
+        agg = self.traits.agg
+        denominator = None
+        if batch_norm and agg != "sum":
+            denominator = max(kept_global if agg == "token_mean" else reduce_sum(acc, ro.ids.shape[0], device), 1.0)
+        groups = group_rows(ro.advantages, cfg.num_generations)
         scale = cfg.grad_accum * run.num_processes  # undo accelerate's 1/grad_accum and DDP's mean
         sums: dict[str, float] = {}
         loss_total = 0.0
@@ -391,12 +398,11 @@ class DiffuGRPO:
                 logp = self.logps(run.model, ro, inputs, sl)
                 old = ro.old_logps[iteration][sl] if ro.old_logps is not None else None
                 ref = ro.ref_logps[iteration][sl] if ro.ref_logps is not None else None
-                # d1: this micro-batch's kept-token mean; batch: the optimiser batch's kept-token count as
-                # the denominator (the micro-batch losses then sum to the batch's)
-                loss, stats = self.objective(ObjectiveInputs(logp, old, ref, ro.advantages[sl], ro.keep[sl]), cfg,
-                                             agg="token_mean",
-                                             denominator=max(kept_global, 1.0) if batch_norm else None)
-                run.backward(loss * scale if batch_norm else loss)
+                # d1: this micro-batch's mean; batch: the optimiser batch's count as the denominator (the
+                # micro-batch losses then sum to the batch's)
+                inputs_mb = ObjectiveInputs(logp, old, ref, ro.advantages[sl], ro.keep[sl], groups[sl])
+                loss, stats = self.objective(inputs_mb, cfg, agg=agg, denominator=denominator)
+                run.backward(loss * scale if batch_norm and agg != "sum" else loss)
                 lr = run.lr
                 run.optimizer_step()
             loss_total += float(loss.detach()) if batch_norm else float(loss.detach()) / cfg.grad_accum

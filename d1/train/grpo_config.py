@@ -83,6 +83,14 @@ class GRPOConfig(TrainConfigBase):
     objective: the policy objective, by its name in :data:`d1.algo.OBJECTIVES`
     (:mod:`d1.algo.objectives`); ``diffu_grpo`` = d1's (PPO clip with ``epsilon``,
     ``beta`` x k3 KL to the reference).
+    objective_params: the objective's own hyper-parameters (its ``params`` dataclass,
+    :func:`d1.algo.objectives.objective_traits`; unset keys keep the paper's defaults).
+    estimator_params: the estimator's own settings (its ``params`` dataclass, e.g. the
+    number of Monte Carlo samples of ``elbo``).
+    per_objective: settings of a run of one objective, over the section's and its
+    ``per_task`` entry: ``{wd1: {beta: 0.0}}`` applies when ``objective`` is ``wd1`` (one
+    DVC ``grpo@<algorithm>-<task>`` stage per algorithm reads the one ``grpo`` section).
+    Every entry is checked whatever the run's objective.
     sampler: the rollout sampler (:class:`d1.generation.SamplerConfig`, the section
     evaluation uses too); defaults to d1's rollouts: gen_length 256, block 32, steps
     128 (null: gen_length / 2), temperature 0.9, low-confidence remasking. A
@@ -123,6 +131,8 @@ class GRPOConfig(TrainConfigBase):
     loss_normalization: str = "d1"
     estimator: str = "one_step"
     objective: str = "diffu_grpo"
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    estimator_params: dict[str, Any] = field(default_factory=dict)
     replay_chunks: int | None = None
     # optimiser (d1 train.yaml)
     lr: float = 3e-6
@@ -144,12 +154,28 @@ class GRPOConfig(TrainConfigBase):
     load_in_4bit: bool = False
     merge_adapter: bool = False
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_objective: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Apply the ``per_task`` entry of a one-task run, then check every value."""
+        """Apply the ``per_task`` entry of a one-task run, then the ``per_objective`` entry of the run's
+        objective, then check every value."""
+        from d1.algo.objectives import OBJECTIVES
         from d1.tasks import available_tasks
 
         s = self.SECTION
+        for name, values in self.per_objective.items():
+            where = f"{s}.per_objective.{name}"
+            if name not in OBJECTIVES:
+                fail_at(f"{s}.per_objective", f"unknown objective {name!r}; known: {', '.join(OBJECTIVES.names())}")
+            if not isinstance(values, dict):
+                fail_at(where, f"must be a mapping of grpo settings, got {values!r}")
+            for key in ("objective", "per_objective", "per_task", "tasks"):
+                if key in values:
+                    fail_at(f"{where}.{key}", "cannot be set per objective")
+            # every entry is checked now, not only when its objective's stage runs
+            trial = dataclasses.replace(self, objective=name, per_objective={}, per_task={})
+            set_fields(trial, values, where)
+            trial._validate_as(where, values)
         for task, values in self.per_task.items():
             where = f"{s}.per_task.{task}"
             if task not in available_tasks():
@@ -158,7 +184,7 @@ class GRPOConfig(TrainConfigBase):
                 if key in values:
                     fail_at(f"{where}.{key}", "cannot be set per task")
             # every entry is checked now, not only when its task's stage runs
-            trial = dataclasses.replace(self, tasks=[task], per_task={})
+            trial = dataclasses.replace(self, tasks=[task], per_task={}, per_objective={})
             set_fields(trial, values, where)
             trial._validate_as(where, values)
         mine = [t for t in self.tasks if t in self.per_task]
@@ -167,6 +193,8 @@ class GRPOConfig(TrainConfigBase):
                     f"alone; {s}.tasks is {self.tasks}")
         if mine:
             set_fields(self, self.per_task[mine[0]], f"{s}.per_task.{mine[0]}")
+        if self.objective in self.per_objective:
+            set_fields(self, self.per_objective[self.objective], f"{s}.per_objective.{self.objective}")
         self._check_values()
 
     def _validate_as(self, where: str, values: dict) -> None:
@@ -209,6 +237,20 @@ class GRPOConfig(TrainConfigBase):
 
         require_one_of(s, "estimator", self.estimator, ESTIMATORS.names())
         require_one_of(s, "objective", self.objective, OBJECTIVES.names())
+        from d1.algo.estimators import estimator_params
+        from d1.algo.objectives import objective_params, traits_of
+
+        traits = traits_of(OBJECTIVES.get(self.objective))
+        output = ESTIMATORS.get(self.estimator).output
+        if output not in traits.estimator_outputs:
+            fits = [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).output in traits.estimator_outputs]
+            fail_at(f"{s}.estimator", f"{self.estimator!r} estimates {output}, objective {self.objective!r} reads "
+                    f"{' or '.join(traits.estimator_outputs)} (estimators that fit: {', '.join(fits) or 'none'})")
+        if self.beta != 0 and not traits.uses_reference:
+            fail_at(f"{s}.beta", f"objective {self.objective!r} has no KL term to a reference; set it to 0, "
+                    f"got {self.beta}")
+        objective_params(self.objective, self.objective_params, f"{s}.objective_params")
+        estimator_params(self.estimator, self.estimator_params, f"{s}.estimator_params")
         if ESTIMATORS.get(self.estimator).needs_decode_order and self.sampler.threshold is not None:
             fail_at(f"{s}.sampler.threshold", f"must be null with estimator {self.estimator} (it replays the "
                     f"sampler's fixed step schedule), got {self.sampler.threshold}")
@@ -220,6 +262,13 @@ class GRPOConfig(TrainConfigBase):
                       "sampler steps it cuts into chunks")
         if self.load_in_4bit and self.full_finetune:
             fail_at(f"{s}.load_in_4bit", "a 4-bit base cannot be fully fine-tuned; use LoRA")
+
+    def objective_options(self) -> Any:
+        """The objective's own hyper-parameters (its ``params`` dataclass from ``objective_params``;
+        None for an objective without any)."""
+        from d1.algo.objectives import objective_params
+
+        return objective_params(self.objective, self.objective_params, f"{self.SECTION}.objective_params")
 
     @property
     def prompts_per_process(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from d1.algo.objectives.agg import agg_loss
+from d1.algo.objectives.traits import objective_traits
 from d1.algo.registry import register_objective
 from d1.errors import ConfigError
 
@@ -108,6 +109,7 @@ def diffu_grpo_loss(
 
 
 @register_objective("diffu_grpo")
+@objective_traits(agg="token_mean", uses_old_policy=True, uses_reference=True, estimator_outputs=("token_logp",))
 def diffu_grpo(inputs: Any, hparams: Any, *, agg: str = "token_mean",
                denominator: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """d1's diffu-GRPO objective: :func:`diffu_grpo_loss` with ``eps = hparams.epsilon``,
