@@ -149,7 +149,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     section = args.section or default_section(params, cls.SECTION)
     check_graph_axes(params, section, args.params)  # the DVC graph's tasks and lengths are the profile's
     overrides = list(args.set)
-    for key in ("tasks", "gen_lengths"):  # `d1 report --tasks ... --gen-lengths ...` (DVC passes the graph's axes)
+    # `d1 report --tasks ... --gen-lengths ... --models ... --algorithms ...` (DVC passes the graph's axes)
+    for key in ("tasks", "gen_lengths", "models", "algorithms"):
         if getattr(args, key, None):
             overrides.append(f"{section}.{key}={json.dumps(getattr(args, key))}")
     cfg = load_config(cls, args.params, section=section, overrides=overrides)
@@ -227,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tasks", nargs="+", metavar="TASK", help="report these tasks (default: the section's)")
             p.add_argument("--gen-lengths", "--gen_lengths", dest="gen_lengths", nargs="+", type=int, metavar="N",
                            help="report these generation lengths (default: the section's)")
+            p.add_argument("--models", nargs="+", metavar="MODEL",
+                           help="the table's rows, in order (default: the section's)")
+            p.add_argument("--algorithms", nargs="+", metavar="NAME",
+                           help="the RL models whose reward curves are drawn (default: the models but base, sft)")
         p.set_defaults(func=_cmd_stage)
 
     p = sub.add_parser(

@@ -254,7 +254,20 @@ def get_section(params: dict, section: str, where: str | Path = "params") -> Any
 #: The stage graph's axes: the top-level params keys dvc.yaml's foreach/matrix read -> the key of a
 #: profile that lists them. DVC cannot look a list up by the profile's name (no nested ``${...}``), so
 #: the active profile's lists are copied to the top (flows.params does it when it selects a profile).
-GRAPH_AXES = {"pipeline.tasks": "eval.tasks", "pipeline.gen_lengths": "eval.gen_lengths"}
+#: ``pipeline.models`` (the evaluated models, the report's rows) and ``pipeline.algorithms`` (the RL
+#: algorithms trained, one ``grpo@<algorithm>-<task>`` stage each) both come from the profile's
+#: ``report.models``: the algorithms are its models other than :data:`STAGE_MODELS`.
+GRAPH_AXES = {"pipeline.tasks": "eval.tasks", "pipeline.gen_lengths": "eval.gen_lengths",
+              "pipeline.models": "report.models", "pipeline.algorithms": "report.models"}
+#: models made by their own stage (base, sft), not by an RL algorithm
+STAGE_MODELS = ("base", "sft")
+
+
+def _axis_values(key: str, values: list) -> list:
+    """The axis ``key``'s values from its profile list (``pipeline.algorithms``: the non-stage models)."""
+    if key == "pipeline.algorithms":
+        return [v for v in values if v not in STAGE_MODELS]
+    return list(values)
 
 
 def profile_axes(params: dict, profile: str, where: str | Path = "params") -> dict[str, list]:
@@ -270,7 +283,7 @@ def profile_axes(params: dict, profile: str, where: str | Path = "params") -> di
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{where}: {profile}.{own}: expected a non-empty list (the profile's {key}), "
                               f"got {value!r}")
-        axes[key] = list(value)
+        axes[key] = _axis_values(key, value)
     return axes
 
 
@@ -284,10 +297,25 @@ def check_graph_axes(params: dict, section: str, where: str | Path = "params") -
         return
     for key, own in profile_axes(params, profile, where).items():
         current = get_section(params, key)
+        source = f"{profile}.{GRAPH_AXES[key]}"
+        defined = _defined_algorithms(params, profile)
+        if key in ("pipeline.models", "pipeline.algorithms") and defined is not None:
+            # any algorithm the profile defines may run, not only those its report lists by default
+            own = list(STAGE_MODELS) + defined if key == "pipeline.models" else defined
+            source = f"{profile}.grpo.algorithms" + (" and base, sft" if key == "pipeline.models" else "")
         if not isinstance(current, list) or any(v not in own for v in current):
-            raise ConfigError(f"{where}: {key} {current!r} is not within {profile}.{GRAPH_AXES[key]} {own!r} "
+            raise ConfigError(f"{where}: {key} {current!r} is not within {source} {own!r} "
                               f"(the profile's own list); select the profile with `python -m flows.params "
                               f"{profile}` (it copies the lists), or set {key}")
+
+
+def _defined_algorithms(params: dict, profile: str) -> list[str] | None:
+    """The names of ``<profile>.grpo.algorithms`` (None when the profile has no such mapping)."""
+    try:
+        algorithms = get_section(params, f"{profile}.grpo.algorithms")
+    except ConfigError:
+        return None
+    return list(algorithms) if isinstance(algorithms, dict) else None
 
 
 def scope_overrides(overrides: list[str], section: str, stage: str) -> list[str]:

@@ -4,15 +4,16 @@ Reads every evaluation cell ``<eval_dir>/<model>/<task>/<gen_length>/``
 (``metrics.json`` and the cell's generations file, which carries each test
 item's score) and writes to ``out_dir``:
 
-- ``results.md`` / ``results.json``: accuracy (%) with rows base / +SFT / d1 and
-  columns task x gen length, as in the d1 paper's table; for each comparison in
-  ``gaps`` (default +SFT - base and d1 - +SFT) and each task, the gain in
+- ``results.md`` / ``results.json``: accuracy (%) with rows base / +SFT / one per RL
+  algorithm (d1, wd1, SPG, ESPO: ``models``) and columns task x gen length, as in the
+  d1 paper's table; for each comparison in ``gaps`` (default +SFT - base and each RL
+  model - +SFT) and each task, the gain in
   percentage points per length and pooled over lengths, with a paired 95%
   interval (bootstrap over the same test items, see d1.stats.paired_gain; pooled
   gains resample whole items, all lengths of an item together).
 - ``plots/accuracy_<task>.png`` (accuracy vs gen length, one line per model) and
-  ``plots/reward_<task>.png`` (the GRPO reward curve of the task, from its
-  dvclive log), drawn with matplotlib's Agg backend.
+  ``plots/reward_<task>.png`` (the RL reward curves of the task, one line per
+  algorithm, from their dvclive logs), drawn with matplotlib's Agg backend.
 - ``index.html``: the tables and the plots (embedded as base64), readable offline.
 """
 
@@ -32,7 +33,8 @@ from d1.errors import ConfigError, DataError
 from d1.stats import paired_gain, wilson_interval
 from d1.tasks import available_tasks
 
-DEFAULT_LABELS = {"base": "base", "sft": "+SFT", "d1": "d1"}
+DEFAULT_LABELS = {"base": "base", "sft": "+SFT", "d1": "d1", "wd1": "wd1", "spg": "SPG", "espo": "ESPO"}
+STAGE_MODELS = ("base", "sft")  # the models the other rows are compared with; the rest are RL algorithms
 
 
 @dataclass
@@ -42,14 +44,15 @@ class ReportConfig:
     SECTION: ClassVar[str] = "report"
 
     eval_dir: str = "outputs/eval"  # <eval_dir>/<model>/<task>/<gen_length>/metrics.json
-    reward_logs: str = "outputs/dvclive/d1/{task}"  # dvclive folder of each task's GRPO run
+    reward_logs: str = "outputs/dvclive/{algorithm}/{task}"  # dvclive folder of each RL run
     reward_metric: str = "reward/mean"
     out_dir: str = "outputs/report"
     models: list[str] = field(default_factory=lambda: ["base", "sft", "d1"])  # table rows, in order
+    algorithms: list[str] = field(default_factory=list)  # RL runs with reward curves; empty: models but base, sft
     labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LABELS))  # row names
     tasks: list[str] = field(default_factory=list)  # empty: every task found under eval_dir
     gen_lengths: list[int] = field(default_factory=list)  # empty: every length found
-    gaps: list[list[str]] = field(default_factory=lambda: [["sft", "base"], ["d1", "sft"]])  # [after, before]
+    gaps: list[list[str]] = field(default_factory=list)  # [after, before]; empty: +SFT - base, each RL model - +SFT
     resamples: int = 10_000
     seed: int = 42
 
@@ -62,6 +65,9 @@ class ReportConfig:
         for n in self.gen_lengths:
             if n <= 0:
                 raise ConfigError(f"report.gen_lengths: {n} is not a positive length")
+        for name in self.algorithms:
+            if name not in self.models:
+                raise ConfigError(f"report.algorithms: {name!r} is not one of report.models {self.models}")
         for pair in self.gaps:
             if len(pair) != 2 or any(m not in self.models for m in pair) or pair[0] == pair[1]:
                 raise ConfigError(f"report.gaps: {pair} is not [after, before] with two of {self.models}")
@@ -70,6 +76,17 @@ class ReportConfig:
 
     def label(self, model: str) -> str:
         return self.labels.get(model, model)
+
+    def rl_models(self) -> list[str]:
+        """The RL algorithms' models: ``algorithms``, or every model but base and sft."""
+        return list(self.algorithms) or [m for m in self.models if m not in STAGE_MODELS]
+
+    def gap_pairs(self) -> list[list[str]]:
+        """``gaps``, or by default +SFT - base and every RL model - +SFT (those whose models are listed)."""
+        if self.gaps:
+            return [list(pair) for pair in self.gaps]
+        pairs = [["sft", "base"]] if {"sft", "base"} <= set(self.models) else []
+        return pairs + ([[m, "sft"] for m in self.rl_models()] if "sft" in self.models else [])
 
 
 # ----------------------------------------------------------------------------- reading the cells
@@ -167,7 +184,7 @@ SEED_NOTE = ("The interval covers the test items of this run, not the spread bet
 def compute_gaps(cfg: ReportConfig, cells: dict, tasks: list[str], lengths: list[int]) -> dict:
     """``{"<after>-<before>": {task: {"<len>" | "all": gain record}}}`` in percentage points."""
     out: dict[str, dict] = {}
-    for after_m, before_m in cfg.gaps:
+    for after_m, before_m in cfg.gap_pairs():
         per_task: dict[str, dict] = {}
         for task in tasks:
             pairs = [(cells[(before_m, task, n)], cells[(after_m, task, n)]) for n in lengths
@@ -290,12 +307,19 @@ def draw_plots(cfg: ReportConfig, results: dict, plot_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         written.append(_save(fig, plot_dir / f"accuracy_{task}.png"))
-        curve = read_curve(Path(cfg.reward_logs.replace("{task}", task)), cfg.reward_metric)
-        if curve is None:
+        curves = {}
+        for algorithm in cfg.rl_models():
+            folder = cfg.reward_logs.replace("{algorithm}", algorithm).replace("{task}", task)
+            curve = read_curve(Path(folder), cfg.reward_metric)
+            if curve is not None:
+                curves[algorithm] = curve
+        if not curves:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(*curve)
-        ax.set(title=f"{task}: diffu-GRPO {cfg.reward_metric}", xlabel="optimiser step", ylabel=cfg.reward_metric)
+        for algorithm, curve in curves.items():
+            ax.plot(*curve, label=cfg.label(algorithm))
+        ax.set(title=f"{task}: RL {cfg.reward_metric}", xlabel="optimiser step", ylabel=cfg.reward_metric)
+        ax.legend()
         fig.tight_layout()
         written.append(_save(fig, plot_dir / f"reward_{task}.png"))
     return written

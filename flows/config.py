@@ -11,7 +11,7 @@
 
 A key of ``pools`` names a stage of dvc.yaml or a stage prefix: ``grpo``
 matches ``grpo`` and every generated ``grpo@<item>`` stage (``foreach`` /
-``matrix``); the longest matching key wins, so ``grpo@sudoku: cpu`` can
+``matrix``); the longest matching key wins, so ``grpo@d1-sudoku: cpu`` can
 single out one of them. ``tasks_param`` is the dotted params key listing the
 profile's tasks: the flow's ``tasks`` parameter overrides it, so DVC resolves
 the stages of those tasks only.

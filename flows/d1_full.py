@@ -18,6 +18,7 @@ def d1_full(
     overrides: list[str] | None = None,
     pull: bool = True,
     push: bool = True,
+    algorithms: list[str] | None = None,
 ) -> dict:
     """Run every stage of dvc.yaml for ``profile`` in dependency order (DVC skips what is up to date).
 
@@ -28,8 +29,11 @@ def d1_full(
             params.yaml, e.g. ``tiny.grpo.lr=2e-4``; written into params.yaml before DVC resolves the stages.
         pull: ``dvc pull`` each stage's inputs (and its own outputs) from the DVC remote before it runs.
         push: ``dvc push`` each stage's outputs after it ran.
+        algorithms: train and compare these RL algorithms (names of ``<profile>.grpo.algorithms``:
+            d1, wd1, spg, espo) instead of those the profile's report lists.
     """
-    return run_pipeline(profile=profile, tasks=tasks, overrides=overrides, pull=pull, push=push)
+    return run_pipeline(profile=profile, tasks=tasks, overrides=overrides, pull=pull, push=push,
+                        algorithms=algorithms)
 
 
 if __name__ == "__main__":

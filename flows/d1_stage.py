@@ -24,7 +24,7 @@ def d1_stage(
     """Run DVC stage ``stage`` here (``dvc pull`` inputs, ``dvc repro --single-item``, ``dvc push``).
 
     Args:
-        stage: the DVC stage name, e.g. ``grpo@countdown``.
+        stage: the DVC stage name, e.g. ``grpo@d1-countdown``.
         overrides: the params overrides of the calling d1-full run (``profile=...`` first).
         lock: dvc.lock entries of the stages upstream of ``stage``, from the calling checkout.
         flow_run_id, task_run_id: the calling d1-full run and task, recorded in the stage's provenance.json.

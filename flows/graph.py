@@ -25,7 +25,7 @@ class Out:
 
 @dataclass(frozen=True)
 class StageInfo:
-    name: str  # DVC's address: ``prepare``, ``grpo@countdown``, ``eval@d1-countdown-64``
+    name: str  # DVC's address: ``prepare``, ``grpo@d1-countdown``, ``eval@d1-countdown-64``
     cmd: str
     deps: tuple[str, ...] = ()
     outs: tuple[Out, ...] = ()
@@ -34,7 +34,7 @@ class StageInfo:
 
     @property
     def family(self) -> str:
-        """``grpo`` for ``grpo@countdown``: the dvc.yaml entry the stage was generated from."""
+        """``grpo`` for ``grpo@d1-countdown``: the dvc.yaml entry the stage was generated from."""
         return self.name.split("@", 1)[0]
 
 

@@ -29,7 +29,7 @@ ASSET_SCHEME = "dvc"
 METRICS_KEY = "d1-eval-metrics"
 RESULTS_KEY = "d1-results"
 OUTPUTS_KEY = "d1-outputs"
-MODEL_ORDER = ("base", "sft", "d1")
+MODEL_ORDER = ("base", "sft", "d1", "wd1", "spg", "espo")
 
 
 # ----------------------------------------------------------------------------- assets

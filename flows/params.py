@@ -8,13 +8,16 @@ and ``d1 lineage`` show exactly what ran. Overrides use DVC's syntax with
 keys from the top of params.yaml: ``tiny.grpo.lr=2e-4``,
 ``tiny.tasks=[countdown]``; an unknown key is an error (no silent additions).
 
-Selecting a profile also copies its lists of tasks and generation lengths
-(``<profile>.eval.tasks``, ``<profile>.eval.gen_lengths``) to the graph's
-axes at the top (``pipeline.tasks``, ``pipeline.gen_lengths``:
-``d1.config.GRAPH_AXES``), which dvc.yaml's foreach/matrix read: DVC cannot
-look a list up by the profile's name. Without a flow::
+Selecting a profile also copies its lists of tasks, generation lengths and
+models (``<profile>.eval.tasks``, ``<profile>.eval.gen_lengths``,
+``<profile>.report.models``) to the graph's axes at the top
+(``pipeline.tasks``, ``pipeline.gen_lengths``, ``pipeline.models`` and
+``pipeline.algorithms``, the models but base and sft:
+``d1.config.GRAPH_AXES``), which dvc.yaml's matrix read: DVC cannot look a
+list up by the profile's name. ``algorithms`` picks the RL algorithms to
+train and compare instead (any of ``<profile>.grpo.algorithms``). Without a flow::
 
-    python -m flows.params llada-8b [--tasks gsm8k countdown]   # then dvc repro / dvc exp run
+    python -m flows.params llada-8b [--tasks gsm8k countdown] [--algorithms d1 wd1 spg espo]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def profiles(params: dict) -> list[str]:
 
 def flow_overrides(
     params: dict, profile: str, tasks: Sequence[str] | None, overrides: Sequence[str] | None,
-    tasks_param: str | None,
+    tasks_param: str | None, algorithms: Sequence[str] | None = None,
 ) -> list[str]:
     """The ``-S``-style overrides that select ``profile`` (and its graph axes, :func:`d1.config.profile_axes`)
     and ``tasks`` and apply ``overrides``.
@@ -65,6 +68,15 @@ def flow_overrides(
             raise ConfigError(f"tasks: {unknown[0]!r} is not one of {tasks_param} = {available}")
         axes.pop(tasks_param, None)
         result.append(f"{tasks_param}={json.dumps(list(tasks))}")
+    if algorithms:
+        defined = get_section(params, f"{profile}.grpo.algorithms", PARAMS_FILE)
+        unknown = [a for a in algorithms if not isinstance(defined, dict) or a not in defined]
+        if unknown or len(set(algorithms)) != len(algorithms):
+            raise ConfigError(f"algorithms: {(unknown or list(algorithms))[0]!r} is not one of "
+                              f"{profile}.grpo.algorithms ({', '.join(defined) if isinstance(defined, dict) else ''}),"
+                              " or is named twice")
+        axes["pipeline.algorithms"] = list(algorithms)
+        axes["pipeline.models"] = ["base", "sft", *algorithms]
     given = {str(item).partition("=")[0].strip() for item in overrides or []}  # an explicit override wins
     result.extend(f"{key}={json.dumps(value)}" for key, value in axes.items() if key not in given)
     for item in overrides or []:
@@ -110,6 +122,7 @@ def write_overrides(root: str | Path, overrides: Sequence[str]) -> list[str]:
 
 def apply_flow_params(
     root: str | Path, profile: str, tasks: Sequence[str] | None = None, overrides: Sequence[str] | None = None,
+    algorithms: Sequence[str] | None = None,
 ) -> list[str]:
     """Select ``profile`` (and ``tasks``, through the profile's ``flow.tasks_param``) and apply
     ``overrides`` in ``root/params.yaml``; returns the overrides written."""
@@ -117,7 +130,7 @@ def apply_flow_params(
     section = params.get(profile)
     flow = section.get("flow") if isinstance(section, dict) else None
     tasks_param = flow.get("tasks_param") if isinstance(flow, dict) else None
-    written = flow_overrides(params, profile, tasks, overrides, tasks_param)
+    written = flow_overrides(params, profile, tasks, overrides, tasks_param, algorithms)
     write_overrides(root, written)
     return written
 
@@ -133,11 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "`dvc exp run -S` (comments kept). Then run `dvc repro` or `dvc exp run`."))
     parser.add_argument("profile")
     parser.add_argument("--tasks", nargs="+", help="only these of the profile's tasks")
+    parser.add_argument("--algorithms", nargs="+", help="train and compare these RL algorithms (of the profile's "
+                        "grpo.algorithms: d1 wd1 spg espo) instead of those its report lists")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="more overrides, keys from the top of params.yaml (tiny.grpo.lr=2e-4)")
     args = parser.parse_args(argv)
     try:
-        written = apply_flow_params(".", args.profile, args.tasks, args.overrides)
+        written = apply_flow_params(".", args.profile, args.tasks, args.overrides, args.algorithms)
     except ConfigError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1

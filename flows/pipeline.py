@@ -58,9 +58,10 @@ def load_flow_config(root: str | Path, profile: str) -> FlowConfig:
 
 
 def plan(root: str | Path, profile: str, tasks: Sequence[str] | None = None,
-         overrides: Sequence[str] | None = None, own_pool: str | None = None) -> PipelinePlan:
+         overrides: Sequence[str] | None = None, own_pool: str | None = None,
+         algorithms: Sequence[str] | None = None) -> PipelinePlan:
     """Write the flow's parameters into params.yaml, then resolve the stages and their pools."""
-    written = apply_flow_params(root, profile, tasks, overrides)
+    written = apply_flow_params(root, profile, tasks, overrides, algorithms)
     cfg = load_flow_config(root, profile)
     stages = read_stages(root)
     cfg.check_stages(s.name for s in stages)
@@ -76,7 +77,8 @@ def _own_pool() -> str | None:
 
 
 def run_pipeline(profile: str = "tiny", tasks: Sequence[str] | None = None, overrides: Sequence[str] | None = None,
-                 pull: bool = True, push: bool = True, root: str | Path = ".") -> dict:
+                 pull: bool = True, push: bool = True, root: str | Path = ".",
+                 algorithms: Sequence[str] | None = None) -> dict:
     """The body of the ``d1-full`` flow (see the module docstring); returns each stage's outcome.
 
     The flow run holds the checkout (``d1.locks``): a second flow run on it, or a stage command
@@ -85,11 +87,11 @@ def run_pipeline(profile: str = "tiny", tasks: Sequence[str] | None = None, over
 
     flow_run_id = str(flow_run.id or "")
     with checkout_run(Path(root).resolve(), flow_run_id=flow_run_id):  # one flow run per checkout
-        return _run_pipeline(profile, tasks, overrides, pull, push, Path(root).resolve(), flow_run_id)
+        return _run_pipeline(profile, tasks, overrides, pull, push, Path(root).resolve(), flow_run_id, algorithms)
 
 
 def _run_pipeline(profile: str, tasks: Sequence[str] | None, overrides: Sequence[str] | None, pull: bool,
-                  push: bool, root: Path, flow_run_id: str) -> dict:
+                  push: bool, root: Path, flow_run_id: str, algorithms: Sequence[str] | None = None) -> dict:
     from prefect import get_run_logger, task
     from prefect.cache_policies import NO_CACHE
     from prefect.runtime import flow_run
@@ -97,7 +99,7 @@ def _run_pipeline(profile: str, tasks: Sequence[str] | None, overrides: Sequence
     from flows.observe import emit_stage_assets, publish_artifacts
 
     logger = get_run_logger()
-    p = plan(root, profile, tasks, overrides, own_pool=_own_pool())
+    p = plan(root, profile, tasks, overrides, own_pool=_own_pool(), algorithms=algorithms)
     logger.info(f"checkout {root}; params: {', '.join(p.overrides)}; flow pool {p.own_pool}; "
                 f"{len(p.stages)} stages: " + ", ".join(f"{s.name} [{p.pools[s.name]}]" for s in p.stages))
     if not push and any(pool != p.own_pool for pool in p.pools.values()):

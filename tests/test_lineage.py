@@ -24,11 +24,11 @@ LOCK = {
         "sft": {"cmd": "d1 sft", "deps": [_dep("data", "d0.dir"), _dep("d1/train", "t1.dir")],
                 "params": {"params.yaml": {"tiny.sft": {"lr": 0.001}}},
                 "outs": [_dep("outputs/sft", "s0.dir"), _dep("outputs/dvclive/sft/metrics.json", "m0")]},
-        "grpo@countdown": {"cmd": "d1 grpo", "deps": [_dep("data", "d0.dir"), _dep("outputs/sft", "s0.dir")],
+        "grpo@d1-countdown": {"cmd": "d1 grpo", "deps": [_dep("data", "d0.dir"), _dep("outputs/sft", "s0.dir")],
                            "params": {"params.yaml": {"tiny.grpo": {"lr": 0.0001}}},
                            "outs": [_dep("outputs/d1/countdown", "g0.dir")]},
-        "grpo@sudoku": {"cmd": "d1 grpo", "deps": [_dep("data", "d0.dir"), _dep("outputs/sft", "s0.dir")],
-                        "outs": [_dep("outputs/d1/sudoku", "g2.dir"), _dep("outputs/provenance/grpo@sudoku.json", "gp")]},
+        "grpo@d1-sudoku": {"cmd": "d1 grpo", "deps": [_dep("data", "d0.dir"), _dep("outputs/sft", "s0.dir")],
+                        "outs": [_dep("outputs/d1/sudoku", "g2.dir"), _dep("outputs/provenance/grpo@d1-sudoku.json", "gp")]},
         "eval@d1-countdown-64": {"cmd": "d1 eval", "deps": [_dep("outputs/d1", "g1.dir"), _dep("data", "d0.dir")],
                                  "outs": [_dep("outputs/eval/d1/countdown/64/generations", "e0.dir"),
                                           _dep("outputs/eval/d1/countdown/64/provenance.json", "e1"),
@@ -55,8 +55,8 @@ def project(tmp_path):
         (tmp_path / out_dir / "provenance.json").write_text(json.dumps(record))
     (tmp_path / "data" / "countdown").mkdir()
     (tmp_path / "outputs/provenance").mkdir()
-    record = {"stage": "grpo@sudoku", "flow_run_id": "flow-C"}
-    (tmp_path / "outputs/provenance/grpo@sudoku.json").write_text(json.dumps(record))
+    record = {"stage": "grpo@d1-sudoku", "flow_run_id": "flow-C"}
+    (tmp_path / "outputs/provenance/grpo@d1-sudoku.json").write_text(json.dumps(record))
     return tmp_path
 
 
@@ -65,7 +65,7 @@ def test_producers_match_outs_inside_and_around():
     assert [s for s, _ in producers(stages, "data/countdown/test.jsonl")] == ["prepare"]
     found = producers(stages, "outputs/eval")
     assert sorted({s for s, _ in found}) == ["eval@d1-countdown-64", "eval@sft-countdown-64"] and len(found) == 4
-    assert sorted({s for s, _ in producers(stages, "outputs/d1")}) == ["grpo@countdown", "grpo@sudoku"]
+    assert sorted({s for s, _ in producers(stages, "outputs/d1")}) == ["grpo@d1-countdown", "grpo@d1-sudoku"]
     assert producers(stages, "d1/report.py") == []
 
 
@@ -74,15 +74,15 @@ def test_report_lineage_names_every_upstream_stage(project):
     names = [s["stage"] for s in result["stages"]]
     assert result["stage"] == "report" and result["md5"] == "res"
     # each stage before the stages it read from; every upstream stage once
-    assert names == ["report", "eval@d1-countdown-64", "eval@sft-countdown-64", "grpo@countdown", "grpo@sudoku",
+    assert names == ["report", "eval@d1-countdown-64", "eval@sft-countdown-64", "grpo@d1-countdown", "grpo@d1-sudoku",
                      "sft", "prepare"]
     rec = {s["stage"]: s for s in result["stages"]}
     assert rec["report"]["flow_run_id"] == "flow-B" and rec["report"]["task_run_id"] == "t-7"
     assert rec["report"]["params"] == {"tiny.report.seed": 42, "other.yaml:x": 1}
     assert rec["prepare"]["params"]["tiny.prepare.tasks.countdown.train_size"] == 10
     assert rec["sft"]["git_commit"] == "c1" and rec["sft"]["git_dirty"] is True
-    assert rec["grpo@countdown"]["provenance"] is None  # its out folder holds no provenance.json
-    assert rec["grpo@sudoku"]["flow_run_id"] == "flow-C"  # a record of its own in outputs/provenance/
+    assert rec["grpo@d1-countdown"]["provenance"] is None  # its out folder holds no provenance.json
+    assert rec["grpo@d1-sudoku"]["flow_run_id"] == "flow-C"  # a record of its own in outputs/provenance/
     deps = {d["path"]: d for d in rec["report"]["deps"]}
     assert deps["outputs/eval"]["md5"] == "ev.dir"
     assert deps["outputs/eval"]["produced_by"] == ["eval@d1-countdown-64", "eval@sft-countdown-64"]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from d1.cli import STAGES, _load, main
-from d1.config import GRAPH_AXES, check_graph_axes, load_config, read_params
+from d1.config import GRAPH_AXES, check_graph_axes, load_config, profile_axes, read_params
 from d1.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def per_task_rows() -> list[tuple[str, str, str]]:
 
 
 def resolved(stage: str, task: str | None = None):
-    """``llada-8b.<stage>`` through d1.config.load_config; a grpo@<task> stage as dvc.yaml runs it."""
+    """``llada-8b.<stage>`` through d1.config.load_config; a grpo@<algorithm>-<task> stage as dvc.yaml runs it."""
     cls = _load(STAGES[stage][0])
     overrides = [f"grpo.tasks=[{task}]"] if stage == "grpo" and task else []
     return load_config(cls, REPO / "params.yaml", section=f"{PROFILE}.{stage}", overrides=overrides)
@@ -140,7 +140,7 @@ def test_every_keyed_row_is_the_profiles_value(key):
 def test_every_per_task_row_is_that_tasks_value(task, key, value):
     expected = yaml.safe_load(value)
     actual = lookup(key, task)
-    assert same(actual, expected), f"section 9, {task}: {key} = {expected!r}, grpo@{task} resolves {actual!r}"
+    assert same(actual, expected), f"section 9, {task}: {key} = {expected!r}, grpo@d1-{task} resolves {actual!r}"
 
 
 def test_mu_is_d1s_per_task_and_the_rest_of_grpo_is_shared():
@@ -170,10 +170,12 @@ def test_the_profiles_tasks_and_lengths_are_in_params_not_in_prefect_yaml():
     assert "overrides" not in llada["parameters"]
     # the committed axes are the active profile's
     active = params["profile"]
-    for key, own in GRAPH_AXES.items():
+    axes = profile_axes(params, active)
+    assert set(axes) == set(GRAPH_AXES)
+    for key, own in axes.items():
         top, _, leaf = key.partition(".")
-        stage, _, field = own.partition(".")
-        assert params[top][leaf] == params[active][stage][field], key
+        assert params[top][leaf] == own, key
+    assert axes["pipeline.algorithms"] == [m for m in axes["pipeline.models"] if m not in ("base", "sft")]
 
 
 def test_selecting_a_profile_copies_its_lists_to_the_graph_axes(tmp_path):
@@ -181,15 +183,29 @@ def test_selecting_a_profile_copies_its_lists_to_the_graph_axes(tmp_path):
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     written = apply_flow_params(tmp_path, PROFILE)
-    assert written == [f"profile={PROFILE}", f"pipeline.tasks={json.dumps(TASKS)}", "pipeline.gen_lengths=[128, 256, 512]"]
+    assert written == [f"profile={PROFILE}", f"pipeline.tasks={json.dumps(TASKS)}", "pipeline.gen_lengths=[128, 256, 512]",
+                       'pipeline.models=["base", "sft", "d1"]', 'pipeline.algorithms=["d1"]']
     params = read_params(tmp_path / "params.yaml")
-    assert params["pipeline"] == {"tasks": TASKS, "gen_lengths": [128, 256, 512]}
+    assert params["pipeline"] == {"tasks": TASKS, "gen_lengths": [128, 256, 512], "models": ["base", "sft", "d1"],
+                                  "algorithms": ["d1"]}
     assert "# The stage graph's axes" in (tmp_path / "params.yaml").read_text()  # comments kept
     check_graph_axes(params, f"{PROFILE}.eval")
     apply_flow_params(tmp_path, PROFILE, tasks=["countdown"])  # the flow's tasks narrow the profile's
-    assert read_params(tmp_path / "params.yaml")["pipeline"] == {"tasks": ["countdown"], "gen_lengths": [128, 256, 512]}
+    assert read_params(tmp_path / "params.yaml")["pipeline"] == {
+        "tasks": ["countdown"], "gen_lengths": [128, 256, 512], "models": ["base", "sft", "d1"], "algorithms": ["d1"]}
     with pytest.raises(ConfigError, match=r"tasks: 'chess' is not one of pipeline.tasks = \['gsm8k'"):
         apply_flow_params(tmp_path, PROFILE, tasks=["chess"])
+    # the algorithms to train and compare: any the profile defines, evaluated with base and sft
+    apply_flow_params(tmp_path, PROFILE, tasks=["countdown"], algorithms=["d1", "wd1", "spg", "espo"])
+    params = read_params(tmp_path / "params.yaml")
+    assert params["pipeline"]["algorithms"] == ["d1", "wd1", "spg", "espo"]
+    assert params["pipeline"]["models"] == ["base", "sft", "d1", "wd1", "spg", "espo"]
+    check_graph_axes(params, f"{PROFILE}.grpo")  # within the profile's grpo.algorithms
+    with pytest.raises(ConfigError, match=r"algorithms: 'ppo' is not one of llada-8b.grpo.algorithms \(d1, wd1"):
+        apply_flow_params(tmp_path, PROFILE, algorithms=["d1", "ppo"])
+    params["pipeline"]["algorithms"] = ["d1", "ppo"]
+    with pytest.raises(ConfigError, match=r"pipeline.algorithms \['d1', 'ppo'\] is not within llada-8b.grpo.algorithms"):
+        check_graph_axes(params, f"{PROFILE}.grpo")
     apply_flow_params(tmp_path, "tiny")  # and back
     back = read_params(tmp_path / "params.yaml")
     assert back["pipeline"] == read_params(REPO / "params.yaml")["pipeline"] and back["profile"] == "tiny"
@@ -206,9 +222,15 @@ def test_dvc_resolves_the_profiles_stages_after_selecting_it(tmp_path):
     apply_flow_params(tmp_path, PROFILE)
     with Repo(str(tmp_path)) as repo:
         names = [s.name for s in repo.index.stages]
-    assert sorted(n for n in names if n.startswith("grpo@")) == sorted(f"grpo@{t}" for t in TASKS)
+    assert sorted(n for n in names if n.startswith("grpo@")) == sorted(f"grpo@d1-{t}" for t in TASKS)
     assert len([n for n in names if n.startswith("eval@")]) == 3 * 4 * 3
     assert "eval@d1-sudoku-512" in names
+    apply_flow_params(tmp_path, PROFILE, algorithms=["d1", "espo"])  # one RL stage per algorithm x task
+    with Repo(str(tmp_path)) as repo:
+        names = [s.name for s in repo.index.stages]
+    assert sorted(n for n in names if n.startswith("grpo@")) == sorted(
+        f"grpo@{a}-{t}" for a in ("d1", "espo") for t in TASKS)
+    assert len([n for n in names if n.startswith("eval@")]) == 4 * 4 * 3 and "eval@espo-math500-256" in names
 
 
 def test_a_stage_refuses_axes_outside_its_profiles_lists(tmp_path, capsys):

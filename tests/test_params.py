@@ -29,15 +29,15 @@ def params(repo_root):
     return read_params(repo_root / "params.yaml")
 
 
-def load(repo_root, profile, section, cls=None):
+def load(repo_root, profile, section, cls=None, overrides=None):
     cls = cls or _load(SECTIONS[section])
-    return load_config(cls, repo_root / "params.yaml", section=f"{profile}.{section}")
+    return load_config(cls, repo_root / "params.yaml", section=f"{profile}.{section}", overrides=overrides or [])
 
 
 def test_top_level_layout(params):
     assert params["profile"] in PROFILES
     assert set(params) == {"profile", "pipeline", *PROFILES}
-    assert set(params["pipeline"]) == {"tasks", "gen_lengths"}
+    assert set(params["pipeline"]) == {"tasks", "gen_lengths", "models", "algorithms"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -66,7 +66,8 @@ def test_stage_chain_is_wired(repo_root, profile):
     assert models["base"] == base_model and models["sft"] == f"{cfg['sft'].out_dir}/model"
     assert models["d1"] == "outputs/d1/{task}/model" and cfg["grpo"].out_dir == f"outputs/d1/{cfg['grpo'].tasks[0]}"
     assert cfg["report"].eval_dir == cfg["eval"].out_dir
-    assert cfg["report"].reward_logs.replace("{task}", cfg["grpo"].tasks[0]) == cfg["grpo"].dvclive_dir
+    logs = cfg["report"].reward_logs.replace("{algorithm}", cfg["grpo"].algorithm)
+    assert logs.replace("{task}", cfg["grpo"].tasks[0]) == cfg["grpo"].dvclive_dir
     for s in ("sft", "grpo", "eval"):
         assert cfg[s].data_dir == data
     if cfg["base"].pretrain is not None:
@@ -81,9 +82,25 @@ def test_pipeline_axes_fit_the_default_profiles(repo_root, params):
         eval_cfg = load(repo_root, profile, "eval")
         prepared = load(repo_root, profile, "prepare").tasks
         for task in params["pipeline"]["tasks"]:
-            assert prepared[task].train is not None, f"{profile}: no train split for grpo@{task}"
+            assert prepared[task].train is not None, f"{profile}: no train split for grpo@d1-{task}"
         for n in params["pipeline"]["gen_lengths"]:
             assert n % eval_cfg.sampler.block_length == 0
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_algorithm_of_a_profile_trains_and_is_evaluated(repo_root, profile):
+    """Each RL algorithm a profile defines resolves to a valid grpo config with its objective and
+    estimator, has an eval model path, and the report's models are defined ones."""
+    grpo = load(repo_root, profile, "grpo")
+    ev = load(repo_root, profile, "eval")
+    report = load(repo_root, profile, "report")
+    assert list(grpo.algorithms)[:1] == ["d1"] and grpo.algorithm == "d1" and grpo.objective == "diffu_grpo"
+    for name in grpo.algorithms:
+        cfg = load(repo_root, profile, "grpo", overrides=[f"{profile}.grpo.algorithm={name}"])
+        assert cfg.objective == {"d1": "diffu_grpo"}.get(name, name), name
+        assert ev.models[name].startswith(f"outputs/{name}/"), name
+    assert set(report.models) - {"base", "sft"} <= set(grpo.algorithms)
+    assert report.rl_models() == [m for m in report.models if m not in ("base", "sft")]
 
 
 def test_llada_8b_is_the_papers_setting(repo_root):
@@ -144,7 +161,9 @@ def test_dvc_stages_declare_what_their_commands_use(repo_root, tmp_path, profile
     stages = resolved_stages(repo_root, tmp_path, profile)
     tasks = yaml.safe_load((repo_root / "params.yaml").read_text())["pipeline"]["tasks"]
     assert {n.partition("@")[0] for n in stages} == {"prepare", "base", "sft", "grpo", "eval", "report"}
-    assert sorted(n for n in stages if n.startswith("grpo@")) == sorted(f"grpo@{t}" for t in tasks)
+    algorithms = yaml.safe_load((repo_root / "params.yaml").read_text())["pipeline"]["algorithms"]
+    assert sorted(n for n in stages if n.startswith("grpo@")) == sorted(f"grpo@{a}-{t}" for a in algorithms
+                                                                          for t in tasks)
     monkeypatch.chdir(repo_root)  # commands name params.yaml relative to the project
     parser = build_parser()
     for name, (cmd, deps, outs, metrics, plots) in stages.items():
@@ -154,7 +173,7 @@ def test_dvc_stages_declare_what_their_commands_use(repo_root, tmp_path, profile
         assert args.section == f"{profile}.{args.command}", name
         cls = _load(STAGES[args.command][0])
         overrides = list(args.set)
-        for key in ("tasks", "gen_lengths"):
+        for key in ("tasks", "gen_lengths", "models", "algorithms"):
             if getattr(args, key, None):
                 overrides.append(f"{args.section}.{key}={getattr(args, key)}")
         data = yaml.safe_load((repo_root / "params.yaml").read_text())
@@ -170,7 +189,8 @@ def test_dvc_stages_declare_what_their_commands_use(repo_root, tmp_path, profile
         inputs = {"base": lambda c: [c.pretrain.data_dir] if c.pretrain else [],
                   "sft": lambda c: [c.data_dir, c.model_path], "grpo": lambda c: [c.data_dir, c.model_path],
                   "eval": lambda c: [c.data_dir, c.model],
-                  "report": lambda c: [c.eval_dir] + [c.reward_logs.replace("{task}", t) for t in tasks]}
+                  "report": lambda c: [c.eval_dir] + [c.reward_logs.replace("{algorithm}", a).replace("{task}", t)
+                                                      for a in c.rl_models() for t in tasks]}
         for value in inputs.get(args.command, lambda c: [])(cfg):
             if _local(value):
                 assert _inside(value, deps), f"{name}: {value} is not a declared dep"

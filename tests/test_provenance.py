@@ -36,11 +36,11 @@ def test_git_state(repo, tmp_path_factory):
 
 
 def test_record_fields_from_env(repo):
-    env = {"D1_DVC_STAGE": "grpo@countdown", "DVC_STAGE": "ignored", "D1_FLOW_RUN_ID": "flow-1",
+    env = {"D1_DVC_STAGE": "grpo@d1-countdown", "DVC_STAGE": "ignored", "D1_FLOW_RUN_ID": "flow-1",
            "D1_TASK_RUN_ID": "task-9"}
     rec = make_record(command="grpo", section="tiny.grpo", started_at="2026-01-01T00:00:00+00:00",
                       argv=["d1", "grpo"], env=env, cwd=repo)
-    assert rec["stage"] == "grpo@countdown" and rec["section"] == "tiny.grpo" and rec["command"] == "grpo"
+    assert rec["stage"] == "grpo@d1-countdown" and rec["section"] == "tiny.grpo" and rec["command"] == "grpo"
     assert (rec["flow_run_id"], rec["task_run_id"]) == ("flow-1", "task-9")
     assert rec["git_commit"] and len(rec["git_commit"]) == 40 and rec["git_dirty"] is False
     assert rec["d1_version"] == __version__ and rec["argv"] == ["d1", "grpo"] and rec["host"]
@@ -54,9 +54,9 @@ def test_record_fields_from_env(repo):
 def test_write_and_read(tmp_path):
     path = write_provenance(tmp_path / "out", {"stage": "sft"})
     assert path == tmp_path / "out" / "provenance.json"
-    named = write_provenance(tmp_path / "records" / "grpo@countdown.json", {"stage": "grpo@countdown"})
-    assert named == tmp_path / "records" / "grpo@countdown.json"
-    assert read_provenance(named) == {"stage": "grpo@countdown"}
+    named = write_provenance(tmp_path / "records" / "grpo@d1-countdown.json", {"stage": "grpo@d1-countdown"})
+    assert named == tmp_path / "records" / "grpo@d1-countdown.json"
+    assert read_provenance(named) == {"stage": "grpo@d1-countdown"}
     assert read_provenance(tmp_path / "out") == {"stage": "sft"} == read_provenance(path)
     assert read_provenance(tmp_path / "missing") is None
     path.write_text("{broken")

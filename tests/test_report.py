@@ -16,7 +16,7 @@ N = 40
 
 def scores(model: str, task: str, n: int) -> tuple[list[int], list[int]]:
     """Per-item (correct, total): base < sft < d1 by construction; sudoku items have 4 cells."""
-    right = {"base": 4, "sft": 12, "d1": 24}[model] + (2 if n == 128 else 0)
+    right = {"base": 4, "sft": 12, "d1": 24, "wd1": 20, "spg": 12, "espo": 8}[model] + (2 if n == 128 else 0)
     if task == "sudoku":
         return [4 if i < right else 1 for i in range(N)], [4] * N
     return [1 if i < right else 0 for i in range(N)], [1] * N
@@ -153,14 +153,52 @@ def test_bad_config(values, message):
 
 
 def test_cli_report_takes_the_graph_axes(tmp_path, eval_dir, capsys):
-    """dvc.yaml passes the pipeline axes as `--tasks ... --gen_lengths ...` (DVC dictionary unpacking)."""
+    """dvc.yaml passes the pipeline axes as `--tasks ... --gen_lengths ... --models ... --algorithms ...`
+    (DVC dictionary unpacking)."""
     from d1.cli import main
 
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"profile": "p", "p": {"report": {
         "eval_dir": str(eval_dir), "out_dir": str(tmp_path / "r"), "resamples": 200}}}))
-    assert main(["report", "--params", str(params), "--tasks", "countdown", "--gen_lengths", "64"]) == 0
+    assert main(["report", "--params", str(params), "--tasks", "countdown", "--gen_lengths", "64",
+                 "--models", "base", "sft", "--algorithms", "sft"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["tasks"] == ["countdown"] and printed["gen_lengths"] == [64] and printed["cells"] == 3
+    assert printed["tasks"] == ["countdown"] and printed["gen_lengths"] == [64] and printed["cells"] == 2
+    resolved = json.loads((tmp_path / "r" / "report_config.json").read_text())
+    assert resolved["models"] == ["base", "sft"] and resolved["algorithms"] == ["sft"]
     prov = json.loads((tmp_path / "r" / "provenance.json").read_text())
     assert prov["command"] == "report" and prov["section"] == "p.report"
+
+
+def test_one_row_and_one_gain_per_rl_algorithm(tmp_path, eval_dir):
+    """models base, sft and four RL algorithms: a row each, each algorithm's gain over +SFT by default,
+    and the reward plot draws one curve per algorithm that has a log."""
+    for model in ("wd1", "spg", "espo"):
+        for task in ("countdown", "sudoku"):
+            for n in (64, 128):
+                write_cell(eval_dir, model, task, n)
+    for algorithm in ("d1", "espo"):  # wd1 and spg have no reward log here: drawn without them
+        log = tmp_path / "dvclive" / algorithm / "countdown" / "plots" / "metrics" / "reward"
+        log.mkdir(parents=True)
+        (log / "mean.tsv").write_text("step\tmean\n1\t0.1\n2\t0.3\n")
+    cfg = cfg_for(tmp_path, eval_dir, models=["base", "sft", "d1", "wd1", "spg", "espo"],
+                  reward_logs=str(tmp_path / "dvclive" / "{algorithm}" / "{task}"))
+    assert cfg.rl_models() == ["d1", "wd1", "spg", "espo"]
+    assert cfg.gap_pairs() == [["sft", "base"], ["d1", "sft"], ["wd1", "sft"], ["spg", "sft"], ["espo", "sft"]]
+    summary = run_report(cfg)
+    res = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert set(res["gaps"]) == {"sft-base", "d1-sft", "wd1-sft", "spg-sft", "espo-sft"}
+    assert res["gaps"]["wd1-sft"]["countdown"]["64"]["gain"] == pytest.approx(20.0)
+    assert res["gaps"]["spg-sft"]["countdown"]["64"]["gain"] == pytest.approx(0.0)
+    assert res["gaps"]["espo-sft"]["countdown"]["64"]["gain"] == pytest.approx(-10.0)
+    md = (tmp_path / "report" / "results.md").read_text()
+    for row in ("| d1 | 60.00 |", "| wd1 | 50.00 |", "| SPG | 30.00 |", "| ESPO | 20.00 |"):
+        assert row in md
+    assert "| task | gen length | +SFT − base | d1 − +SFT | wd1 − +SFT | SPG − +SFT | ESPO − +SFT |" in md
+    assert str(tmp_path / "report" / "plots" / "reward_countdown.png") in summary["plots"]
+    assert not any("reward_sudoku" in p for p in summary["plots"])  # no algorithm has a sudoku log
+    # only the algorithms named: the gains of the others are not computed
+    only = cfg_for(tmp_path, eval_dir, models=["base", "sft", "wd1"], out_dir=str(tmp_path / "r2"))
+    assert only.gap_pairs() == [["sft", "base"], ["wd1", "sft"]]
+    with pytest.raises(ConfigError, match=r"report.algorithms: 'espo' is not one of report.models"):
+        cfg_for(tmp_path, eval_dir, models=["base", "sft", "d1"], algorithms=["espo"])

@@ -56,6 +56,11 @@ class Estimator:
         return cls()
 
     @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Raise a ConfigError naming the key when the ``grpo`` config cannot work with this estimator
+        (called when the config is validated; by default nothing to check)."""
+
+    @classmethod
     def options(cls, cfg: Any) -> Any:
         """This estimator's ``params`` filled from ``cfg.estimator_params`` (None when it has none)."""
         return estimator_params(cfg.estimator, getattr(cfg, "estimator_params", {}) or {}, "grpo.estimator_params")
@@ -186,3 +191,6 @@ class Replay(Estimator):
 
 __all__ = ["ESTIMATORS", "Blockwise", "Coupled", "Estimator", "Replay", "estimator_params", "register_estimator",
            "replay_chunks"]
+
+from d1.algo import elbo_estimator  # noqa: E402,F401
+from d1.algo import spg_estimator  # noqa: E402,F401

@@ -87,17 +87,20 @@ class GRPOConfig(TrainConfigBase):
     :func:`d1.algo.objectives.objective_traits`; unset keys keep the paper's defaults).
     estimator_params: the estimator's own settings (its ``params`` dataclass, e.g. the
     number of Monte Carlo samples of ``elbo``).
-    per_objective: settings of a run of one objective, over the section's and its
-    ``per_task`` entry: ``{wd1: {beta: 0.0}}`` applies when ``objective`` is ``wd1`` (one
-    DVC ``grpo@<algorithm>-<task>`` stage per algorithm reads the one ``grpo`` section).
-    Every entry is checked whatever the run's objective.
+    algorithm / algorithms: the RL algorithms a profile defines, by name, each a set of
+    settings applied over the section's (and over its ``per_task`` entry), e.g. ``{d1: {},
+    wd1: {objective: wd1, beta: 0.0}}``; ``algorithm`` picks this run's. The name labels
+    the model (``outputs/<algorithm>/<task>``, the report's row); DVC runs one
+    ``grpo@<algorithm>-<task>`` stage per algorithm the profile's report lists. Every
+    entry is checked whatever the run's algorithm; ``algorithm``, ``algorithms``,
+    ``tasks`` and ``per_task`` cannot be set in one.
     sampler: the rollout sampler (:class:`d1.generation.SamplerConfig`, the section
     evaluation uses too); defaults to d1's rollouts: gen_length 256, block 32, steps
     128 (null: gen_length / 2), temperature 0.9, low-confidence remasking. A
     ``sampler`` section replaces only the keys it names.
     per_task: settings of a run of one task, over the section's: ``{countdown:
     {num_iterations: 8}}`` applies when ``tasks`` is ``[countdown]`` (one DVC
-    ``grpo@<task>`` stage per task reads the one ``grpo`` section; d1 ran mu 12
+    ``grpo@<algorithm>-<task>`` stage per task reads the one ``grpo`` section; d1 ran mu 12
     on GSM8K/MATH and 8 on Countdown/Sudoku). A ``sampler`` entry replaces only
     the keys it names. Every entry is checked whatever the run's task (unknown
     task, unknown key, bad value); a run of several tasks with an entry for one
@@ -154,48 +157,68 @@ class GRPOConfig(TrainConfigBase):
     load_in_4bit: bool = False
     merge_adapter: bool = False
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
-    per_objective: dict[str, dict[str, Any]] = field(default_factory=dict)
+    algorithm: str = "d1"
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=lambda: {"d1": {}})
 
     def validate(self) -> None:
-        """Apply the ``per_task`` entry of a one-task run, then the ``per_objective`` entry of the run's
-        objective, then check every value."""
-        from d1.algo.objectives import OBJECTIVES
-        from d1.tasks import available_tasks
-
+        """Apply, in this order, the ``per_task`` entry of a one-task run, the ``algorithms`` entry of the
+        run's algorithm and that entry's own ``per_task`` entry; then check every value."""
         s = self.SECTION
-        for name, values in self.per_objective.items():
-            where = f"{s}.per_objective.{name}"
-            if name not in OBJECTIVES:
-                fail_at(f"{s}.per_objective", f"unknown objective {name!r}; known: {', '.join(OBJECTIVES.names())}")
+        if self.algorithm not in self.algorithms:
+            fail_at(f"{s}.algorithm", f"{self.algorithm!r} is not one of {s}.algorithms "
+                    f"({', '.join(self.algorithms) or 'none'})")
+        for name, values in self.algorithms.items():
+            where = f"{s}.algorithms.{name}"
             if not isinstance(values, dict):
-                fail_at(where, f"must be a mapping of grpo settings, got {values!r}")
-            for key in ("objective", "per_objective", "per_task", "tasks"):
+                fail_at(where, f"must be a mapping of {s} settings (may be empty), got {values!r}")
+            for key in ("algorithm", "algorithms", "tasks"):
                 if key in values:
-                    fail_at(f"{where}.{key}", "cannot be set per objective")
-            # every entry is checked now, not only when its objective's stage runs
-            trial = dataclasses.replace(self, objective=name, per_objective={}, per_task={})
-            set_fields(trial, values, where)
-            trial._validate_as(where, values)
-        for task, values in self.per_task.items():
-            where = f"{s}.per_task.{task}"
-            if task not in available_tasks():
-                fail_at(f"{s}.per_task", f"unknown task {task!r}; available: {', '.join(available_tasks())}")
-            for key in ("tasks", "per_task"):
-                if key in values:
-                    fail_at(f"{where}.{key}", "cannot be set per task")
-            # every entry is checked now, not only when its task's stage runs
-            trial = dataclasses.replace(self, tasks=[task], per_task={}, per_objective={})
-            set_fields(trial, values, where)
-            trial._validate_as(where, values)
+                    fail_at(f"{where}.{key}", "cannot be set per algorithm")
+            # every entry is checked now, not only when its algorithm's stage runs
+            own = {k: v for k, v in values.items() if k != "per_task"}
+            trial = dataclasses.replace(self, algorithm=name, algorithms={name: {}}, per_task={})
+            set_fields(trial, own, where)
+            trial._validate_as(where, own)
+            if "per_task" in values:
+                trial._check_per_task(values["per_task"], f"{where}.per_task")
+        self._check_per_task(self.per_task, f"{s}.per_task")
         mine = [t for t in self.tasks if t in self.per_task]
         if mine and len(self.tasks) > 1:
             fail_at(f"{s}.per_task", f"holds settings for {', '.join(mine)}, which apply to a run of that task "
                     f"alone; {s}.tasks is {self.tasks}")
         if mine:
             set_fields(self, self.per_task[mine[0]], f"{s}.per_task.{mine[0]}")
-        if self.objective in self.per_objective:
-            set_fields(self, self.per_objective[self.objective], f"{s}.per_objective.{self.objective}")
+        entry = self.algorithms[self.algorithm]
+        where = f"{s}.algorithms.{self.algorithm}"
+        set_fields(self, {k: v for k, v in entry.items() if k != "per_task"}, where)
+        theirs = [t for t in self.tasks if t in entry.get("per_task", {})]
+        if theirs and len(self.tasks) > 1:
+            fail_at(f"{where}.per_task", f"holds settings for {', '.join(theirs)}, which apply to a run of that "
+                    f"task alone; {s}.tasks is {self.tasks}")
+        if theirs:
+            set_fields(self, entry["per_task"][theirs[0]], f"{where}.per_task.{theirs[0]}")
         self._check_values()
+
+    def _check_per_task(self, per_task: Any, where: str) -> None:
+        """Check every entry of a ``per_task`` mapping over this config (as a run of that task would see it)."""
+        from d1.tasks import available_tasks
+
+        if not isinstance(per_task, dict):
+            fail_at(where, f"must map task names to settings, got {per_task!r}")
+        for task, values in per_task.items():
+            at = f"{where}.{task}"
+            if task not in available_tasks():
+                fail_at(where, f"unknown task {task!r}; available: {', '.join(available_tasks())}")
+            if not isinstance(values, dict):
+                fail_at(at, f"must be a mapping of settings, got {values!r}")
+            for key in ("tasks", "per_task", "algorithm", "algorithms"):
+                if key in values:
+                    fail_at(f"{at}.{key}", "cannot be set per task")
+            # every entry is checked now, not only when its task's stage runs
+            trial = dataclasses.replace(self, tasks=[task], per_task={}, algorithm=self.algorithm,
+                                        algorithms={self.algorithm: {}})
+            set_fields(trial, values, at)
+            trial._validate_as(at, values)
 
     def _validate_as(self, where: str, values: dict) -> None:
         """``_check_values``, naming a bad value set by a per-task entry by that entry (``where.<key>``)."""
@@ -251,6 +274,7 @@ class GRPOConfig(TrainConfigBase):
                     f"got {self.beta}")
         objective_params(self.objective, self.objective_params, f"{s}.objective_params")
         estimator_params(self.estimator, self.estimator_params, f"{s}.estimator_params")
+        ESTIMATORS.get(self.estimator).check_config(self)
         if ESTIMATORS.get(self.estimator).needs_decode_order and self.sampler.threshold is not None:
             fail_at(f"{s}.sampler.threshold", f"must be null with estimator {self.estimator} (it replays the "
                     f"sampler's fixed step schedule), got {self.sampler.threshold}")

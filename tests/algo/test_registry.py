@@ -33,12 +33,12 @@ from tests.algo.test_grpo import MASK, TinyBidirectionalLM, estimator_case
 
 def test_registries_hold_the_built_in_variants_by_name():
     assert ESTIMATORS is REGISTRY_ESTIMATORS and OBJECTIVES is REGISTRY_OBJECTIVES
-    assert ESTIMATORS.names() == ("one_step", "blockwise", "coupled", "replay")
-    assert OBJECTIVES.names() == ("diffu_grpo",)
+    assert ESTIMATORS.names() == ("one_step", "blockwise", "coupled", "replay", "elbo", "spg_blocks")
+    assert OBJECTIVES.names() == ("diffu_grpo", "espo", "spg", "wd1")
     assert ESTIMATORS["one_step"] is Estimator and ESTIMATORS.get("blockwise") is Blockwise
     assert ESTIMATORS["coupled"] is Coupled and ESTIMATORS["replay"] is Replay
     assert "replay" in ESTIMATORS and "two_step" not in ESTIMATORS and 3 not in ESTIMATORS
-    assert len(ESTIMATORS) == 4 and list(ESTIMATORS) == list(ESTIMATORS.names())
+    assert len(ESTIMATORS) == 6 and list(ESTIMATORS) == list(ESTIMATORS.names())
     assert callable(OBJECTIVES["diffu_grpo"])
     # the lazy package exports the same objects
     assert d1.algo.ESTIMATORS is ESTIMATORS and d1.algo.OBJECTIVES is OBJECTIVES
@@ -46,10 +46,10 @@ def test_registries_hold_the_built_in_variants_by_name():
 
 def test_unknown_names_are_errors_listing_the_known_ones():
     with pytest.raises(ConfigError, match=r"^unknown estimator 'two_step' \(known: one_step, blockwise, coupled, "
-                                          r"replay\)$"):
+                                          r"replay, elbo, spg_blocks\)$"):
         ESTIMATORS.get("two_step")
-    with pytest.raises(ConfigError, match=r"^unknown objective 'wd1' \(known: diffu_grpo\)$"):
-        OBJECTIVES["wd1"]
+    with pytest.raises(ConfigError, match=r"^unknown objective 'ppo' \(known: diffu_grpo, espo, spg, wd1\)$"):
+        OBJECTIVES["ppo"]
     with pytest.raises(ConfigError, match="unknown objective None"):
         OBJECTIVES.get(None)
 
@@ -237,7 +237,7 @@ def test_each_estimator_is_per_token_logps_with_its_option():
 def test_estimators_say_what_they_need():
     cfg = SimpleNamespace(sampler=SimpleNamespace(block_length=4, steps_for=lambda: 8), num_generations=2,
                           replay_chunks=4)
-    built = {name: ESTIMATORS[name].from_config(cfg) for name in ESTIMATORS}
+    built = {name: ESTIMATORS[name].from_config(cfg) for name in ("one_step", "blockwise", "coupled", "replay")}
     assert [n for n, e in built.items() if e.needs_decode_order] == ["replay"]
     # only the coupled estimator draws per iteration, so only it is scored every iteration without prompt masking
     assert [n for n, e in built.items() if not e.same_input_every_iteration(0.0)] == ["coupled"]

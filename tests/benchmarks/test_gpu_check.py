@@ -89,7 +89,7 @@ def test_cpu_mode_with_the_micro_stages():
     _, rows = run_script("--cpu")
     check_model_rows(rows)
     stages = [r for r in rows if r[0].startswith("micro stages")]
-    assert {r[1] for r in stages[:-1]} == {"prepare", "base", "sft", "grpo@countdown", "eval@base-countdown-64",
+    assert {r[1] for r in stages[:-1]} == {"prepare", "base", "sft", "grpo@d1-countdown", "eval@base-countdown-64",
                                            "eval@sft-countdown-64", "eval@d1-countdown-64", "report"}
     assert all(r[2] == "s (outputs present)" and r[4] == "ok" for r in stages[:-1]), stages
     assert stages[-1][1:3] == ["all 8 stages", "dvc repro s"] and stages[-1][4] == "ok"

@@ -20,7 +20,7 @@ def test_failure_detail_prefers_the_d1_one_line_error():
 
 def test_failure_detail_of_a_crash_is_the_exception_line_and_retryable():
     lines = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
-             "RuntimeError: CUDA out of memory", "ERROR: failed to reproduce 'grpo@countdown': exited with 1"]
+             "RuntimeError: CUDA out of memory", "ERROR: failed to reproduce 'grpo@d1-countdown': exited with 1"]
     assert failure_detail(lines) == ("RuntimeError: CUDA out of memory", True)
     assert failure_detail(["ERROR: failed to reproduce 'x': dependency 'a' does not exist"]) == (
         "failed to reproduce 'x': dependency 'a' does not exist", True)

@@ -12,14 +12,14 @@ from flows.config import FlowConfig
 def test_defaults_put_every_stage_on_the_default_pool():
     cfg = FlowConfig()
     assert cfg.pool_for("prepare") == "cpu"
-    assert cfg.pool_for("grpo@countdown") == "cpu"
+    assert cfg.pool_for("grpo@d1-countdown") == "cpu"
 
 
 def test_prefix_matches_generated_stages_and_longest_key_wins():
-    cfg = FlowConfig(default_pool="cpu", pools={"grpo": "gpu", "grpo@sudoku": "cpu", "eval": "gpu"})
+    cfg = FlowConfig(default_pool="cpu", pools={"grpo": "gpu", "grpo@d1-sudoku": "cpu", "eval": "gpu"})
     assert cfg.pool_for("grpo") == "gpu"
-    assert cfg.pool_for("grpo@countdown") == "gpu"
-    assert cfg.pool_for("grpo@sudoku") == "cpu"
+    assert cfg.pool_for("grpo@d1-countdown") == "gpu"
+    assert cfg.pool_for("grpo@d1-sudoku") == "cpu"
     assert cfg.pool_for("eval@d1-countdown-64") == "gpu"
     assert cfg.pool_for("grpox") == "cpu"  # a prefix is a whole stage name, not any string prefix
     assert cfg.pool_for("report") == "cpu"
@@ -43,5 +43,5 @@ def test_bad_values_name_the_key(data, message):
 def test_a_pools_key_matching_no_stage_is_an_error():
     cfg = FlowConfig(pools={"sft": "gpu", "grop": "gpu"})
     with pytest.raises(ConfigError, match="flow.pools: 'grop' matches no stage"):
-        cfg.check_stages(["prepare", "sft", "grpo@countdown"])
-    FlowConfig(pools={"grpo": "gpu"}).check_stages(["prepare", "grpo@countdown"])  # no error
+        cfg.check_stages(["prepare", "sft", "grpo@d1-countdown"])
+    FlowConfig(pools={"grpo": "gpu"}).check_stages(["prepare", "grpo@d1-countdown"])  # no error

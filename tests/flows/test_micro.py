@@ -20,6 +20,7 @@ from infra.local.stack import LocalStack
 pytestmark = pytest.mark.slow
 
 TASK = "countdown"
+MODELS = ("base", "sft", "d1", "wd1", "spg", "espo")  # the micro profile's report rows: every RL algorithm
 
 
 @pytest.fixture
@@ -58,15 +59,14 @@ def test_micro_profile_through_a_prefect_deployment(checkout, tmp_path, monkeypa
         run_id = next(line.split()[2] for line in lines if line.startswith("flow run ") and "worker on pool" in line)
         run_id = run_id.rstrip(";")
 
-        for model in ("base", "sft", "d1"):
+        for model in MODELS:
             metrics = json.loads((checkout / f"outputs/eval/{model}/{TASK}/{LENGTH}/metrics.json").read_text())
             assert metrics[TASK][str(LENGTH)]["n"] > 0
         arts = _artifacts(stack, run_id)
         assert {"d1-eval-metrics", "d1-results", "d1-outputs"} <= set(arts)
         table = arts["d1-eval-metrics"].data
         table = json.loads(table) if isinstance(table, str) else table
-        assert [(r["model"], r["task"], r["gen_length"]) for r in table] == [
-            ("base", TASK, LENGTH), ("sft", TASK, LENGTH), ("d1", TASK, LENGTH)]
+        assert [(r["model"], r["task"], r["gen_length"]) for r in table] == [(m, TASK, LENGTH) for m in MODELS]
         results_md = (checkout / "outputs/report/results.md").read_text()
         assert results_md.strip() in arts["d1-results"].data
         assert results_md.strip() in text  # the one-shot printed the report's table

@@ -103,13 +103,13 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def test_killed_training_stages_resume_under_dvc_repro(repo_root, tmp_path, env):
     straight = working_tree_copy(repo_root, tmp_path / "straight", with_checkpoints_every_step)
-    repro(straight, f"grpo@{TASK}", env)
+    repro(straight, f"grpo@d1-{TASK}", env)
     killed = working_tree_copy(repo_root, tmp_path / "killed", with_checkpoints_every_step)
     draw = random.Random(int(os.environ.get("D1_KILL_SEED", "0")))
 
     for stage, target, out_dir, steps, model in (
         ("sft", "sft", "outputs/sft", SFT_STEPS, "outputs/sft/model"),
-        ("grpo", f"grpo@{TASK}", f"outputs/d1/{TASK}", GRPO_STEPS, f"outputs/d1/{TASK}/model"),
+        ("grpo", f"grpo@d1-{TASK}", f"outputs/d1/{TASK}", GRPO_STEPS, f"outputs/d1/{TASK}/model"),
     ):
         points = sorted(draw.sample(range(1, steps // 2), KILL_POINTS))
         print(f"\n{stage}: killed after checkpoints {points} of {steps} steps")
@@ -123,4 +123,4 @@ def test_killed_training_stages_resume_under_dvc_repro(repo_root, tmp_path, env)
         assert_same_weights(straight / model, killed / model)
     status = subprocess.run(["dvc", "status", "--json"], cwd=killed, env=env, capture_output=True, text=True)
     changed = set(json.loads(status.stdout))
-    assert not changed & {"prepare", "base", "sft", f"grpo@{TASK}"}, changed
+    assert not changed & {"prepare", "base", "sft", f"grpo@d1-{TASK}"}, changed

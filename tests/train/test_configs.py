@@ -79,7 +79,7 @@ def test_load_from_params_yaml(tmp_path):
         ("grpo", "logp_estimator: replay", "grpo.logp_estimator: moved to grpo.estimator"),
         ("grpo", "estimator: two_step", "grpo.estimator: 'two_step' is not one of one_step, blockwise, coupled, "
          "replay"),
-        ("grpo", "objective: wd1", "grpo.objective: 'wd1' is not one of diffu_grpo"),
+        ("grpo", "objective: ppo", "grpo.objective: 'ppo' is not one of diffu_grpo, espo, spg, wd1"),
         ("pretrain", "model_path: GSAI-ML/LLaDA-8B-Instruct", "pretrain.model_path: only the built-in 'tiny'"),
         ("pretrain", "seq_len: 2048", "pretrain.seq_len: 2048 exceeds max_sequence_length 1024"),
         ("pretrain", "d_model: 100\nn_heads: 3", "pretrain.n_heads"),

@@ -1,4 +1,4 @@
-"""grpo.per_task: one grpo section for every grpo@<task> stage, with a task's own settings over it."""
+"""grpo.per_task: one grpo section for every grpo@<algorithm>-<task> stage, with a task's own settings over it."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_a_one_task_run_takes_its_tasks_entry_over_the_section():
 
 
 def test_the_entry_applies_through_the_stage_command_overrides(tmp_path):
-    """As dvc.yaml runs a grpo@<task> stage: the profile's section, then --set grpo.tasks=[<task>]."""
+    """As dvc.yaml runs a grpo@<algorithm>-<task> stage: the profile's section, then --set grpo.tasks=[<task>]."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"profile": "p", "p": {"grpo": SECTION}}))
     mu = {t: load_config(GRPOConfig, params, "p.grpo", [f"grpo.tasks=[{t}]"]).num_iterations

@@ -84,7 +84,7 @@ def group_rows(advantages: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 # the built-in objectives register themselves on import
-from d1.algo.objectives import diffu_grpo  # noqa: E402,F401
+from d1.algo.objectives import diffu_grpo, espo, spg, wd1  # noqa: E402,F401
 
 __all__ = ["AGG_MODES", "OBJECTIVES", "ObjectiveInputs", "ObjectiveTraits", "agg_loss", "group_rows",
            "objective_params", "objective_traits", "register_objective", "traits_of"]

@@ -49,3 +49,11 @@ def objective_traits(**traits: Any) -> Callable[[F], F]:
 def traits_of(objective: Any) -> ObjectiveTraits:
     """The :class:`ObjectiveTraits` an objective declared (the defaults when it declared none)."""
     return getattr(objective, "traits", None) or ObjectiveTraits()
+
+
+def options_or_default(hparams: Any, params: type) -> Any:
+    """The objective's own hyper-parameters from a ``grpo`` config (``hparams.objective_options()``), or
+    ``params()`` (the paper's defaults) for hparams without them (a plain namespace in a test)."""
+    getter = getattr(hparams, "objective_options", None)
+    options = getter() if callable(getter) else None
+    return options if options is not None else params()
