@@ -70,11 +70,13 @@ def flow_overrides(
         result.append(f"{tasks_param}={json.dumps(list(tasks))}")
     if algorithms:
         defined = get_section(params, f"{profile}.grpo.algorithms", PARAMS_FILE)
+        known = ", ".join(defined) if isinstance(defined, dict) else "none: not a mapping"
         unknown = [a for a in algorithms if not isinstance(defined, dict) or a not in defined]
-        if unknown or len(set(algorithms)) != len(algorithms):
-            raise ConfigError(f"algorithms: {(unknown or list(algorithms))[0]!r} is not one of "
-                              f"{profile}.grpo.algorithms ({', '.join(defined) if isinstance(defined, dict) else ''}),"
-                              " or is named twice")
+        if unknown:
+            raise ConfigError(f"algorithms: {unknown[0]!r} is not one of {profile}.grpo.algorithms ({known})")
+        twice = [a for i, a in enumerate(algorithms) if a in algorithms[:i]]
+        if twice:
+            raise ConfigError(f"algorithms: {twice[0]!r} is named twice")
         axes["pipeline.algorithms"] = list(algorithms)
         axes["pipeline.models"] = ["base", "sft", *algorithms]
     given = {str(item).partition("=")[0].strip() for item in overrides or []}  # an explicit override wins
