@@ -543,7 +543,10 @@ def micro_workspace(dst: Path, device: str) -> Path:
     (dst / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "micro"
-    params["pipeline"] = {"tasks": [MICRO_TASK], "gen_lengths": [MICRO_LENGTH]}
+    # every RL algorithm of the profile, so each objective and estimator runs on the device
+    algorithms = list(params["micro"]["grpo"]["algorithms"])
+    params["pipeline"] = {"tasks": [MICRO_TASK], "gen_lengths": [MICRO_LENGTH], "models": ["base", "sft", *algorithms],
+                          "algorithms": algorithms}
     micro = params["micro"]
     for section in (micro["base"]["pretrain"], micro["sft"], micro["grpo"], micro["eval"]):
         section["device"] = device

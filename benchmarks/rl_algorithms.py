@@ -13,7 +13,7 @@ steps).
 
     .venv/bin/python benchmarks/rl_algorithms.py --sft-model outputs/sft/model --data data \\
         [--profile tiny] [--algorithms d1 wd1 spg espo] [--tasks countdown sudoku] [--seeds 0 1 2] \\
-        [--rounds 20] [--jobs 2] [--threads 1] [--out benchmarks/out/rl_algorithms]
+        [--rounds 20] [--jobs 2] [--threads 1] [--set lr=1e-5 ...] [--out benchmarks/out/rl_algorithms]
 
 Runs are separate processes (``--jobs`` at a time, ``--threads`` torch threads
 each); a run whose result file exists is not run again (delete ``--out`` to
@@ -51,6 +51,7 @@ def grpo_config(args: argparse.Namespace, algorithm: str, task: str, seed: int, 
                  f"{section}.checkpoint_root={out_dir}/checkpoints", f"{section}.save_steps=0"]
     if args.device:
         overrides.append(f"{section}.device={args.device}")
+    overrides += [f"{section}.{item}" for item in args.set]  # the same change for every algorithm
     cfg = load_config(GRPOConfig, args.params, section=section, overrides=overrides)
     # the same budget for every algorithm: `rounds` rounds of rollouts, mu optimiser steps each
     return load_config(GRPOConfig, args.params, section=section,
@@ -181,6 +182,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default=None, help="override the sections' device (cpu, cuda)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a grpo setting for every run, over the algorithm's own (e.g. lr=1e-5)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "rl_algorithms"))
     p.add_argument("--job", help=argparse.SUPPRESS)  # internal: one run, spec as JSON
     return p.parse_args(argv)

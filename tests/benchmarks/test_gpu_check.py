@@ -89,10 +89,11 @@ def test_cpu_mode_with_the_micro_stages():
     _, rows = run_script("--cpu")
     check_model_rows(rows)
     stages = [r for r in rows if r[0].startswith("micro stages")]
-    assert {r[1] for r in stages[:-1]} == {"prepare", "base", "sft", "grpo@d1-countdown", "eval@base-countdown-64",
-                                           "eval@sft-countdown-64", "eval@d1-countdown-64", "report"}
+    algorithms = ("d1", "wd1", "spg", "espo")  # every RL algorithm of the micro profile
+    assert {r[1] for r in stages[:-1]} == {"prepare", "base", "sft", "report"} | {
+        f"grpo@{a}-countdown" for a in algorithms} | {f"eval@{m}-countdown-64" for m in ("base", "sft", *algorithms)}
     assert all(r[2] == "s (outputs present)" and r[4] == "ok" for r in stages[:-1]), stages
-    assert stages[-1][1:3] == ["all 8 stages", "dvc repro s"] and stages[-1][4] == "ok"
+    assert stages[-1][1:3] == ["all 14 stages", "dvc repro s"] and stages[-1][4] == "ok"
 
 
 def test_a_spent_budget_skips_everything_and_is_not_a_failure(capsys):
@@ -128,7 +129,8 @@ def test_micro_workspace_selects_the_micro_profile_on_the_device(tmp_path):
     root = gpu_check.micro_workspace(tmp_path / "micro", "cuda")
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert params["profile"] == "micro"
-    assert params["pipeline"] == {"tasks": ["countdown"], "gen_lengths": [64]}
+    assert params["pipeline"] == {"tasks": ["countdown"], "gen_lengths": [64], "algorithms": ["d1", "wd1", "spg", "espo"],
+                                  "models": ["base", "sft", "d1", "wd1", "spg", "espo"]}
     micro = params["micro"]
     assert [s["device"] for s in (micro["base"]["pretrain"], micro["sft"], micro["grpo"], micro["eval"])] \
         == ["cuda"] * 4

@@ -48,7 +48,7 @@ def test_two_algorithms_two_seeds(setup, capsys):
     out = root / "out"
     argv = ["--params", str(root / "params.yaml"), "--profile", "micro", "--sft-model", str(model), "--data",
             str(data), "--algorithms", "d1", "wd1", "--tasks", "countdown", "--seeds", "0", "1", "--rounds", "1",
-            "--jobs", "2", "--threads", "1", "--out", str(out)]
+            "--jobs", "2", "--threads", "1", "--set", "lr=2e-3", "--out", str(out)]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| countdown | d1 | diffu_grpo / one_step |" in printed and "| countdown | wd1 | wd1 / one_step |" in printed
@@ -72,6 +72,7 @@ def test_two_algorithms_two_seeds(setup, capsys):
         for seed in (0, 1):
             resolved = json.loads((out / name / "countdown" / f"seed{seed}" / "run" / "grpo_config.json").read_text())
             assert (resolved["algorithm"], resolved["seed"], resolved["max_steps"]) == (name, seed, 1)
+            assert resolved["lr"] == 2e-3  # --set applies to every run
             assert resolved["model_path"] == str(model) and resolved["tasks"] == ["countdown"]
     # finished runs are not run again
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
@@ -89,4 +90,6 @@ def test_bad_arguments_are_one_line_and_run_nothing(setup, tmp_path, capsys):
     assert bench.main(common + ["--sft-model", str(model), "--algorithms", "ppo"]) == 2
     assert "micro.grpo.algorithm: 'ppo' is not one of grpo.algorithms" in capsys.readouterr().err
     assert bench.main(common + ["--sft-model", str(model), "--rounds", "0"]) == 2
+    assert bench.main(common + ["--sft-model", str(model), "--set", "lr=-1"]) == 2
+    assert "micro.grpo.lr" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -37,7 +37,7 @@ TASK, SFT_STEPS, KILL_AFTER = "countdown", 30, 6
 def sft_with_checkpoints(dst: Path) -> None:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "micro"
-    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [64]}
+    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [64], "models": ["base", "sft", "d1"], "algorithms": ["d1"]}
     params["micro"]["sft"].update(max_steps=SFT_STEPS, save_steps=1, save_total_limit=2)
     params["micro"]["flow"]["retry_delay_seconds"] = 1
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -73,7 +73,8 @@ def test_a_killed_stage_is_retried_by_prefect_and_resumes(repo_root, tmp_path, m
     watcher.start()
     lines: list[str] = []
     try:
-        rc = run_and_report(checkout, "micro", [f'tasks=["{TASK}"]', 'overrides=["pipeline.gen_lengths=[64]"]'],
+        rc = run_and_report(checkout, "micro", [f'tasks=["{TASK}"]', 'overrides=["pipeline.gen_lengths=[64]"]',
+                                                'algorithms=["d1"]'],
                             timeout=900, echo=lines.append, stack=stack)
     finally:
         stop.set()

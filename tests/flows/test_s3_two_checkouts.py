@@ -75,7 +75,8 @@ def s3(tmp_path, monkeypatch):
 def micro_on_one_task(dst: Path) -> None:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "micro"
-    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [LENGTH]}
+    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [LENGTH], "models": ["base", "sft", "d1"],
+                          "algorithms": ["d1"]}
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

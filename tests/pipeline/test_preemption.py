@@ -36,7 +36,7 @@ KILL_POINTS = 2  # random kill points per stage
 def with_checkpoints_every_step(dst: Path) -> None:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "micro"
-    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [64]}
+    params["pipeline"] = {"tasks": [TASK], "gen_lengths": [64], "models": ["base", "sft", "d1"], "algorithms": ["d1"]}
     micro = params["micro"]
     micro["sft"].update(max_steps=SFT_STEPS, save_steps=1, save_total_limit=2)
     micro["grpo"].update(max_steps=GRPO_STEPS, save_steps=1, save_total_limit=2, num_iterations=2)
