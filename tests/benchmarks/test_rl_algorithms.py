@@ -38,6 +38,7 @@ def setup(tmp_path_factory):
     micro = params["micro"]
     micro["eval"].update({"limit": {"countdown": 6}, "batch_size": 6})
     micro["grpo"].update({"max_examples": 4})
+    micro["grpo"]["algorithms"]["wd1"]["lr"] = 5e-3  # an algorithm's own lr, which --set must override
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root, data, model
 
@@ -90,6 +91,7 @@ def test_bad_arguments_are_one_line_and_run_nothing(setup, tmp_path, capsys):
     assert bench.main(common + ["--sft-model", str(model), "--algorithms", "ppo"]) == 2
     assert "micro.grpo.algorithm: 'ppo' is not one of grpo.algorithms" in capsys.readouterr().err
     assert bench.main(common + ["--sft-model", str(model), "--rounds", "0"]) == 2
+    assert "--rounds, --jobs and --threads must be >= 1" in capsys.readouterr().err
     assert bench.main(common + ["--sft-model", str(model), "--set", "lr=-1"]) == 2
-    assert "micro.grpo.lr" in capsys.readouterr().err
+    assert "micro.grpo.algorithms.d1.lr: must be a positive number, got -1.0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
