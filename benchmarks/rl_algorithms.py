@@ -51,9 +51,9 @@ def grpo_config(args: argparse.Namespace, algorithm: str, task: str, seed: int, 
                  f"{section}.checkpoint_root={out_dir}/checkpoints", f"{section}.save_steps=0"]
     if args.device:
         overrides.append(f"{section}.device={args.device}")
-    # the same change for every algorithm: over the section and over the algorithm's own entry (an lr the
-    # entry sets would otherwise win); the entry's per_task values still apply after it
-    overrides += [f"{where}.{item}" for item in args.set for where in (section, f"{section}.algorithms.{algorithm}")]
+    # the same change for every algorithm, set in the algorithm's own entry: the entry applies over the
+    # section (an lr it sets would win over the section's); the entry's per_task values still apply after it
+    overrides += [f"{section}.algorithms.{algorithm}.{item}" for item in args.set]
     cfg = load_config(GRPOConfig, args.params, section=section, overrides=overrides)
     # the same budget for every algorithm: `rounds` rounds of rollouts, mu optimiser steps each
     return load_config(GRPOConfig, args.params, section=section,
@@ -185,7 +185,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default=None, help="override the sections' device (cpu, cuda)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a grpo setting for every run, over the section and the algorithm's own entry (e.g. lr=1e-5)")
+                   help="a grpo setting for every run, set in each algorithm's own entry (e.g. lr=1e-5)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "rl_algorithms"))
     p.add_argument("--job", help=argparse.SUPPRESS)  # internal: one run, spec as JSON
     return p.parse_args(argv)
